@@ -1,0 +1,215 @@
+"""The `pocketml` command: convert, profile, devices, demo. Exit codes: see docs/EXIT_CODES.md."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from pocketml.runtime.errors import PocketmlError, UnsupportedError
+
+from .quiet import quiet
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _ms(value: str | None) -> float | None:
+    if value is None:
+        return None
+    v = value.strip().lower().removesuffix("ms")
+    try:
+        return float(v)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected milliseconds, e.g. 100ms") from None
+
+
+def _fraction(value: str | None) -> float | None:
+    if value is None:
+        return None
+    v = value.strip()
+    try:
+        return float(v[:-1]) / 100 if v.endswith("%") else float(v)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected a fraction or a percentage, e.g. 1%") from None
+
+
+def _fail(exc: PocketmlError) -> None:
+    click.secho(f"error: {exc}", fg="red", err=True)
+    if isinstance(exc, UnsupportedError) and exc.rejected:
+        click.echo("rejected ops:\n" + exc.table(), err=True)
+    sys.exit(exc.exit_code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--verbose", is_flag=True, help="Show converter progress and library logs.")
+@click.version_option(package_name="pocketml")
+def cli(verbose: bool) -> None:
+    """pocketml: take a PyTorch or Hugging Face model to a phone.
+
+    \b
+    Exit codes: 0 ok, 2 usage/bad data, 3 unsupported model or op, 4 unsafe or corrupt
+    input refused, 5 validation failed, 6 target missed, 7 device/environment, 1 internal.
+    """
+    quiet(verbose)
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--to", "formats", default="onnx,tflite,coreml", show_default=True, help="Target formats.")
+@click.option("--precision", "precisions", default="fp32", show_default=True, help="fp32,fp16,int8")
+@click.option("--calib", type=click.Path(), help="Calibration data directory (images, .npy/.npz, .txt).")
+@click.option("--task", help="For Hugging Face dirs: feature-extraction, sentence-embedding, text-classification.")
+@click.option("--seq-len", default=128, show_default=True, help="Sequence length for text models.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow a Hugging Face model's own Python code to run.")
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(), help="Output directory.")
+def convert(model, formats, precisions, calib, task, seq_len, trust_remote_code, out_dir):
+    """Convert MODEL into validated artifacts, one directory per format × precision.
+
+    \b
+    MODEL is a built-in name (efficientnet-lite0, minilm-l6), a local Hugging Face
+    directory, or a module:function factory returning (nn.Module, example_inputs).
+
+    \b
+    Examples:
+      pocketml convert efficientnet-lite0 --to onnx,tflite,coreml --precision fp32,fp16,int8 -o out/effnet
+      pocketml convert ./my_hf_model_dir --task feature-extraction --to onnx,tflite -o out/minilm
+      pocketml convert mypkg.models:build --to tflite --precision int8 --calib ./images -o out/mine
+    """
+    from pocketml.convert import Recipe, run
+
+    recipe = Recipe(model=model, formats=_csv(formats), precisions=_csv(precisions), calib=calib, task=task,
+                    trust_remote_code=trust_remote_code, seq_len=seq_len)
+    try:
+        click.echo(f"converting {model} → {', '.join(recipe.formats)} × {', '.join(recipe.precisions)} in {out_dir}")
+        outcomes = run(recipe, Path(out_dir), log=click.echo)
+    except PocketmlError as exc:
+        _fail(exc)
+    errors = [o.error for o in outcomes if o.error]
+    for o in outcomes:
+        if o.error and isinstance(o.error, UnsupportedError) and o.error.rejected:
+            click.echo(f"{o.name} rejected ops:\n{o.error.table()}", err=True)
+    if errors:
+        worst = max(errors, key=lambda e: (e.exit_code != 1, e.exit_code))
+        click.secho(f"{len(errors)} of {len(outcomes)} artifacts not published; first error: {errors[0]}",
+                    fg="red", err=True)
+        sys.exit(worst.exit_code)
+    click.echo(f"{len(outcomes)} artifacts published in {out_dir}")
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--device", help="Device profile whose targets to judge against (see `pocketml devices`).")
+@click.option("--data", type=click.Path(), help="Your own evaluation data (default: the reference set written by convert).")
+@click.option("--threads", default=1, show_default=True)
+@click.option("--warmup", default=10, show_default=True)
+@click.option("--runs", default=50, show_default=True)
+@click.option("--max-latency", help="Override the p90 latency target, e.g. 100ms.")
+@click.option("--max-drop", help="Override the accuracy-drop target, e.g. 1%.")
+@click.option("--max-size", type=float, help="Override the size target (MB).")
+@click.option("--max-memory", type=float, help="Override the memory target (MB).")
+@click.option("-o", "--out", "out_dir", type=click.Path(), help="Where to write report.json and report.md.")
+def profile(paths, device, data, threads, warmup, runs, max_latency, max_drop, max_size, max_memory, out_dir):
+    """Measure artifacts (latency percentiles, cold start, memory, size, accuracy) and judge them.
+
+    \b
+    Exit 0 when every measured artifact passes, 6 when a target is missed.
+    Examples:
+      pocketml profile out/effnet --device pixel-7 --runs 50
+      pocketml profile out/effnet/tflite-int8 --data ./images --max-latency 30ms --max-drop 1%
+    """
+    from pocketml.profiler import report as rep
+    from pocketml.profiler.run import profile as run_profile
+
+    overrides = {"p90_latency_ms": _ms(max_latency), "max_accuracy_drop": _fraction(max_drop),
+                 "max_size_mb": max_size, "max_memory_mb": max_memory}
+    try:
+        result = run_profile(list(paths), device, data, threads, warmup, runs, overrides)
+    except PocketmlError as exc:
+        _fail(exc)
+    rep.print_table(result)
+    target = Path(out_dir) if out_dir else (Path(paths[0]) if Path(paths[0]).is_dir() else Path(paths[0]).parent)
+    j, m = rep.write(result, target)
+    click.echo(f"wrote {j} and {m}")
+    codes = {"PASS": 0, "NOT MEASURED": 0, "FAIL": 6, "ERROR": 4}
+    sys.exit(codes[result["overall"]])
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the profiles as JSON.")
+def devices(as_json):
+    """List the device profiles (phone-class targets) and their default budgets.
+
+    \b
+    Example:
+      pocketml devices
+    """
+    import json
+
+    from pocketml.profiler import devices as dev
+
+    try:
+        profiles = [dev.load(n) for n in dev.available()]
+    except PocketmlError as exc:
+        _fail(exc)
+    if as_json:
+        click.echo(json.dumps(profiles, indent=2))
+        return
+    from rich.table import Table
+
+    from pocketml.profiler.report import make_console
+    t = Table(title="pocketml device profiles")
+    for c in ("name", "device", "SoC", "CPU", "RAM", "p90 target", "max drop", "tier"):
+        t.add_column(c)
+    for p in profiles:
+        t.add_row(p["name"], p["display_name"], p["soc"]["name"], dev.cpu_summary(p), f"{p['memory']['ram_gb']:g} GB",
+                  f"{p['targets']['p90_latency_ms']:g} ms", f"{p['targets']['max_accuracy_drop']:.0%}", p["tier"])
+    make_console().print(t)
+
+
+@cli.command()
+@click.option("-o", "--out", "out_dir", default="out", show_default=True, type=click.Path())
+@click.option("--device", default="pixel-7", show_default=True)
+@click.option("--runs", default=50, show_default=True)
+def demo(out_dir, device, runs):
+    """Convert both built-in models to ONNX, TFLite and Core ML (fp32, fp16, int8), profile, report.
+
+    \b
+    Example:
+      pocketml demo -o out          # writes out/report.json and out/report.md
+    """
+    from pocketml.convert import Recipe, run
+    from pocketml.profiler import report as rep
+    from pocketml.profiler.run import profile as run_profile
+
+    out = Path(out_dir)
+    failed = []
+    try:
+        for model, sub in (("efficientnet-lite0", "effnet"), ("minilm-l6", "minilm")):
+            click.echo(f"converting {model} → onnx, tflite, coreml × fp32, fp16, int8")
+            outcomes = run(Recipe(model=model, formats=["onnx", "tflite", "coreml"],
+                                  precisions=["fp32", "fp16", "int8"]), out / sub, log=click.echo)
+            failed += [o for o in outcomes if o.error]
+        click.echo("profiling ONNX and TFLite artifacts (Core ML: not measured on Linux)")
+        result = run_profile([out / "effnet", out / "minilm"], device=device, runs=runs)
+    except PocketmlError as exc:
+        _fail(exc)
+    rep.print_table(result)
+    j, m = rep.write(result, out)
+    click.echo(f"wrote {j} and {m}")
+    if failed:
+        click.secho(f"{len(failed)} artifact(s) failed conversion or validation: "
+                    + ", ".join(o.name for o in failed), fg="red", err=True)
+        sys.exit(max(o.error.exit_code for o in failed))
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except PocketmlError as exc:  # pragma: no cover - commands catch their own
+        _fail(exc)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,20 @@
+"""Silence third-party chatter (converter progress bars, TF/absl logs, version warnings) unless --verbose."""
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+
+def quiet(verbose: bool) -> None:
+    if verbose:
+        return
+    os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("GLOG_minloglevel", "3")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1") if os.environ.get("POCKETML_OFFLINE", "1") == "1" else None
+    warnings.filterwarnings("ignore")
+    for name in ("coremltools", "torch", "torch.onnx", "onnxscript", "root", "absl", "torchao", "transformers"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    logging.getLogger().setLevel(logging.ERROR)

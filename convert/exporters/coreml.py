@@ -1,0 +1,121 @@
+"""Core ML (ML Program, .mlpackage) via coremltools. Converts on Linux; running needs macOS.
+
+On Linux the artifact is checked structurally (see `structural_check`), and its numeric
+check is reported as "not run: needs macOS" — never faked.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from pocketml.runtime.errors import UsageError, ValidationFailed
+
+from . import ExportResult, method_for
+from .errors import unsupported
+
+FORMAT = "coreml"
+MIN_TARGET = "iOS16"     # constexpr int8 weights need iOS16 / macOS13
+
+
+def _exported(spec, cache):
+    if "torch_export" not in cache:
+        import torch
+        try:
+            cache["torch_export"] = torch.export.export(spec.module, spec.torch_example()).run_decompositions({})
+        except Exception as exc:
+            raise unsupported(exc, FORMAT, spec.name) from exc
+    return cache["torch_export"]
+
+
+def _convert(spec, cache, precision: str):
+    key = f"coreml_{'fp32' if precision == 'fp32' else 'fp16'}"
+    if key in cache:
+        return cache[key]
+    import coremltools as ct
+
+    inputs = [ct.TensorType(name=i["name"], shape=i["shape"],
+                            dtype=np.float32 if i["dtype"].startswith("float") else np.int32) for i in spec.inputs]
+    try:
+        model = ct.convert(_exported(spec, cache), inputs=inputs,
+                           outputs=[ct.TensorType(name=o, dtype=np.float32) for o in spec.outputs],
+                           convert_to="mlprogram", minimum_deployment_target=getattr(ct.target, MIN_TARGET),
+                           compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16)
+    except Exception as exc:
+        raise unsupported(exc, FORMAT, spec.name) from exc
+    cache[key] = model
+    return model
+
+
+def export(spec, precision: str, out_dir: Path, cache: dict, work: Path, calib=None, options=None) -> ExportResult:
+    if (options or {}).get("coreml_activations") == "int8":
+        raise UsageError("Core ML int8 activations need calibration that runs the Core ML runtime, "
+                         "which exists only on macOS; pocketml will not substitute weight-only int8 "
+                         "silently. Use --precision int8 (weight-only) or run on a Mac.")
+    model = _convert(spec, cache, precision)
+    if precision == "int8":
+        from coremltools.optimize.coreml import OpLinearQuantizerConfig, OptimizationConfig, linear_quantize_weights
+        cfg = OptimizationConfig(global_config=OpLinearQuantizerConfig(
+            mode="linear_symmetric", dtype="int8", granularity="per_channel"))
+        model = linear_quantize_weights(model, cfg)
+    model.save(str(out_dir / "model.mlpackage"))
+    ins = [{"name": i["name"], "shape": list(i["shape"]), "layout": i.get("layout"), "quantization": None,
+            "dtype": "float32" if i["dtype"].startswith("float") else "int32"} for i in spec.inputs]
+    outs = [{"name": o, "shape": None, "dtype": "float32", "layout": None, "quantization": None}
+            for o in spec.outputs]
+    outs = structural_check(out_dir / "model.mlpackage", ins, outs, precision, fill_shapes=True)
+    return ExportResult("model.mlpackage", ins, outs,
+                        {"method": method_for(FORMAT, precision, spec.family)},
+                        ["Core ML numeric check not run: Core ML predictions need macOS"],
+                        {"coreml": {"minimum_deployment_target": MIN_TARGET, "compute_units": "ALL"}})
+
+
+MULTIARRAY_DTYPES = {65568: "float32", 65552: "float16", 131104: "int32", 65600: "float64"}
+
+
+def structural_check(pkg: Path, ins: list[dict], outs: list[dict], precision: str, fill_shapes=False) -> list[dict]:
+    """What Linux can check: the spec loads, IO names/shapes/dtypes, and the weights' precision."""
+    import coremltools as ct
+
+    spec = ct.models.MLModel(str(pkg), skip_model_load=True).get_spec()
+    problems = []
+
+    def compare(declared, actual, kind):
+        got = {f.name: f for f in actual}
+        for t in declared:
+            f = got.get(t["name"])
+            if f is None:
+                problems.append(f"{kind} {t['name']!r} missing (model has {sorted(got)})")
+                continue
+            arr = f.type.multiArrayType
+            shape, dtype = [int(d) for d in arr.shape], MULTIARRAY_DTYPES.get(arr.dataType, str(arr.dataType))
+            if fill_shapes and t["shape"] is None:
+                t["shape"] = shape
+            if t["shape"] is not None and list(t["shape"]) != shape:
+                problems.append(f"{kind} {t['name']!r} shape {shape}, manifest {t['shape']}")
+            if dtype != t["dtype"]:
+                problems.append(f"{kind} {t['name']!r} dtype {dtype}, manifest {t['dtype']}")
+
+    compare(ins, spec.description.input, "input")
+    compare(outs, spec.description.output, "output")
+    ops = Counter(op.type for f in spec.mlProgram.functions.values()
+                  for b in f.block_specializations.values() for op in b.operations)
+    quant_ops = sum(n for t, n in ops.items() if t.startswith("constexpr_"))
+    if precision == "int8" and not quant_ops:
+        problems.append("precision int8 requested but no constexpr (quantized) weights found")
+    if precision != "int8" and quant_ops:
+        problems.append(f"precision {precision} requested but {quant_ops} quantized weight ops found")
+    if problems:
+        raise ValidationFailed(f"{pkg}: Core ML structural check failed: " + "; ".join(problems))
+    return outs
+
+
+def weight_precision(pkg: Path) -> dict:
+    import coremltools as ct
+
+    spec = ct.models.MLModel(str(pkg), skip_model_load=True).get_spec()
+    ops = Counter(op.type for f in spec.mlProgram.functions.values()
+                  for b in f.block_specializations.values() for op in b.operations)
+    return {"constexpr_ops": sum(n for t, n in ops.items() if t.startswith("constexpr_")),
+            "ops": dict(ops.most_common(8))}

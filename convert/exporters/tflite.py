@@ -1,0 +1,142 @@
+"""TFLite / LiteRT via litert-torch (no TensorFlow). Image models get NHWC input.
+
+fp16 and dynamic int8 are derived from the fp32 flatbuffer with ai-edge-quantizer; static
+int8 runs PT2E calibration on the torch graph and yields full-int8 IO tensors.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from pocketml.runtime.data import to_layout
+from pocketml.runtime.errors import UsageError
+
+from . import ExportResult, method_for
+from .errors import unsupported
+
+FORMAT = "tflite"
+FP16_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "BATCH_MATMUL", "EMBEDDING_LOOKUP")
+
+
+def _channel_last(spec) -> bool:
+    return spec.is_image and len(spec.inputs) == 1 and spec.inputs[0].get("layout") == "NCHW"
+
+
+def _module_and_args(spec, samples=None):
+    import torch
+
+    import litert_torch
+    example = spec.example() if samples is None else samples
+    if _channel_last(spec):
+        module = litert_torch.to_channel_last_io(spec.module, args=[0]).eval()
+        args = tuple(torch.from_numpy(to_layout(x, "NCHW", "NHWC")) for x in example)
+    else:
+        module = spec.module
+        args = tuple(torch.from_numpy(np.ascontiguousarray(x)) for x in example)
+    return module, args
+
+
+def _fp32(spec, cache, work: Path) -> Path:
+    if "tflite_fp32" in cache:
+        return cache["tflite_fp32"]
+    import litert_torch
+
+    module, args = _module_and_args(spec)
+    path = work / "tflite-fp32.tflite"
+    try:
+        litert_torch.convert(module, args).export(str(path))
+    except Exception as exc:
+        raise unsupported(exc, FORMAT, spec.name) from exc
+    cache["tflite_fp32"] = path
+    return path
+
+
+def _aeq(base: Path, dst: Path, kind: str) -> None:
+    from ai_edge_quantizer import algorithm_manager, qtyping, quantizer, recipe
+
+    q = quantizer.Quantizer(str(base))
+    if kind == "fp16":
+        cfg = qtyping.OpQuantizationConfig(
+            weight_tensor_config=qtyping.TensorQuantizationConfig(num_bits=16, dtype=qtyping.TensorDataType.FLOAT),
+            compute_precision=qtyping.ComputePrecision.FLOAT, explicit_dequantize=True)
+        for name in FP16_OPS:
+            op = getattr(qtyping.TFLOperationName, name)
+            try:
+                q.update_quantization_recipe(regex=".*", operation_name=op, op_config=cfg,
+                                             algorithm_key=algorithm_manager.AlgorithmName.FLOAT_CASTING)
+            except ValueError:   # this AEQ version cannot fp16-cast that op: it stays fp32
+                continue
+    else:
+        q.load_quantization_recipe(recipe.dynamic_wi8_afp32())
+    q.quantize().export_model(str(dst), overwrite=True)
+
+
+def _static_int8(spec, calib, dst: Path) -> None:
+    import torch
+
+    import litert_torch
+    from litert_torch.quantize import pt2e_quantizer, quant_config
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    module, args = _module_and_args(spec)
+    quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
+        pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
+    try:
+        graph = torch.export.export(module, args).module()
+        prepared = prepare_pt2e(graph, quantizer)
+        move_exported_model_to_eval(prepared)
+        with torch.no_grad():
+            for sample in calib.samples:
+                prepared(*_module_and_args(spec, sample)[1])
+        converted = convert_pt2e(prepared, fold_quantize=False)
+        move_exported_model_to_eval(converted)
+        litert_torch.convert(converted, args,
+                             quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer)).export(str(dst))
+    except Exception as exc:
+        raise unsupported(exc, FORMAT, spec.name) from exc
+
+
+def _io(path: Path, spec) -> tuple[list[dict], list[dict]]:
+    from pocketml.runtime.session import _tflite_interpreter
+
+    it = _tflite_interpreter()(model_path=str(path))
+    sig = it.get_signature_list().get("serving_default", {})
+    layout = "NHWC" if _channel_last(spec) else None
+
+    def describe(d, name, lay):
+        scale, zero = d["quantization"]
+        q = {"scale": float(scale), "zero_point": int(zero)} if np.dtype(d["dtype"]).kind in "iu" and scale else None
+        return {"name": name, "shape": [int(x) for x in d["shape"]], "dtype": np.dtype(d["dtype"]).name,
+                "layout": lay, "quantization": q, "tensor": d["name"]}
+
+    ins = sorted(it.get_input_details(), key=lambda d: d["index"])
+    outs = it.get_output_details()
+    in_specs = [describe(d, s["name"], layout or s.get("layout")) for d, s in zip(ins, spec.inputs)]
+    out_specs = [describe(d, n, None) for d, n in zip(outs, spec.outputs)]
+    del sig
+    return in_specs, out_specs
+
+
+def export(spec, precision: str, out_dir: Path, cache: dict, work: Path, calib=None, options=None) -> ExportResult:
+    dst = out_dir / "model.tflite"
+    method = method_for(FORMAT, precision, spec.family)
+    if precision == "int8" and "static" in method:
+        if not calib:
+            raise UsageError(f"{spec.name}: static int8 needs calibration data (--calib DIR)")
+        _static_int8(spec, calib, dst)
+    else:
+        base = _fp32(spec, cache, work)
+        if precision == "fp32":
+            shutil.copyfile(base, dst)
+        else:
+            _aeq(base, dst, "fp16" if precision == "fp16" else "dynamic-int8")
+    ins, outs = _io(dst, spec)
+    quant = {"method": method}
+    if precision == "int8" and "static" in method:
+        quant["calibration"] = {"samples": len(calib), "source": calib.source, "observer": "min-max (PT2E)"}
+    notes = ["input is NHWC (channels last): the phone feeds camera frames without a transpose"] if _channel_last(spec) else []
+    return ExportResult("model.tflite", ins, outs, quant, notes,
+                        {"litert": {"delegate": "XNNPACK (default CPU)", "num_threads": "profiled value"}})

@@ -1,0 +1,198 @@
+"""One recipe → validated artifacts. model → (export → validate → manifest → publish) per format × precision."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from pocketml.runtime.atomic import TMP_MARK, ensure_writable_dir, publish, staging_dir, write_file_atomic
+from pocketml.runtime.errors import EnvironmentMissing, PocketmlError, UsageError
+from pocketml.runtime.manifest import FORMATS, PRECISIONS, Manifest, TensorSpec, hash_tree, sha256_file
+from pocketml.runtime.session import BACKENDS
+
+from . import exporters
+from .spec import DataSet, ModelSpec
+
+REFERENCE_SCHEMA = "pocketml.reference/1"
+
+
+@dataclass
+class Recipe:
+    model: str
+    formats: list[str]
+    precisions: list[str]
+    calib: str | None = None
+    task: str | None = None
+    trust_remote_code: bool = False
+    seq_len: int = 128
+    options: dict = field(default_factory=dict)
+
+    def check(self) -> None:
+        bad_f = [f for f in self.formats if f not in FORMATS]
+        bad_p = [p for p in self.precisions if p not in PRECISIONS]
+        if bad_f or bad_p or not self.formats or not self.precisions:
+            raise UsageError(f"unknown format(s) {bad_f or ''} precision(s) {bad_p or ''}: formats are "
+                             f"{', '.join(FORMATS)}; precisions are {', '.join(PRECISIONS)}")
+
+    def as_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["hash"] = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        return d
+
+
+@dataclass
+class Outcome:
+    name: str
+    path: Path | None
+    manifest: Manifest | None = None
+    error: PocketmlError | None = None
+    seconds: float = 0.0
+
+
+def tool_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+    out = {}
+    for pkg in ("pocketml", "torch", "onnx", "onnxscript", "onnxruntime", "litert-torch", "ai-edge-litert",
+                "ai-edge-quantizer", "coremltools", "transformers", "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def check_extras(formats) -> None:
+    import importlib.util
+    for fmt in formats:
+        missing = [m for m in exporters.EXTRAS[fmt] if importlib.util.find_spec(m) is None]
+        if missing:
+            raise EnvironmentMissing(f"--to {fmt} needs {', '.join(missing)} (the 'convert' extra): "
+                                     "pip install 'pocketml[convert]'", extra="convert", missing=missing)
+
+
+def calibration_set(recipe: Recipe, spec: ModelSpec) -> DataSet | None:
+    from pocketml.runtime.data import load_data_dir
+
+    if recipe.calib:
+        pre = dict(spec.preprocessing)
+        if spec.tokenizer_file:
+            pre["tokenizer_file"] = str(spec.tokenizer_file)
+        return DataSet(load_data_dir(Path(recipe.calib), spec.inputs, pre), f"user data {recipe.calib}")
+    needs = [f for f in recipe.formats if "int8" in recipe.precisions
+             and exporters.needs_calibration(f, "int8", spec.family)]
+    if needs and spec.calib is None:
+        raise UsageError(f"static int8 for {spec.name} ({', '.join(needs)}) needs calibration data: pass "
+                         "--calib DIR with representative inputs. pocketml does not substitute a default set.")
+    return spec.calib
+
+
+def reference_outputs(spec: ModelSpec, data: DataSet) -> list[list[np.ndarray]]:
+    import torch
+    with torch.no_grad():
+        outs = []
+        for sample in data.samples:
+            y = spec.module(*[torch.from_numpy(np.ascontiguousarray(x)) for x in sample])
+            y = y if isinstance(y, (tuple, list)) else [y]
+            outs.append([t.detach().numpy().astype(np.float32) for t in y])
+    return outs
+
+
+def write_reference(out_dir: Path, spec: ModelSpec, data: DataSet, refs) -> None:
+    """`reference/`: the evaluation inputs and torch fp32 outputs, for profiling without torch."""
+    with staging_dir(out_dir / "reference") as tmp:
+        np.savez(tmp / "inputs.npz", **{i["name"]: np.concatenate([s[k] for s in data.samples])
+                                        for k, i in enumerate(spec.inputs)})
+        np.savez(tmp / "outputs.npz", **{o: np.concatenate([r[k] for r in refs]) for k, o in enumerate(spec.outputs)})
+        meta = {"schema": REFERENCE_SCHEMA, "model": spec.name, "reference": "torch fp32 (eager)",
+                "data": data.source, "samples": len(data), "metric": spec.metric, "inputs": spec.inputs,
+                "outputs": spec.outputs, "preprocessing": spec.preprocessing}
+        meta["checksums"] = hash_tree(tmp)
+        (tmp / "manifest.json").write_text(json.dumps(meta, indent=2) + "\n")
+        publish(tmp, out_dir / "reference")
+
+
+def build_manifest(spec, recipe, fmt, precision, result, validation) -> Manifest:
+    pre = dict(spec.preprocessing)
+    return Manifest(
+        name=spec.name, format=fmt, precision=precision, model_file=result.model_file,
+        inputs=[TensorSpec(**{k: v for k, v in t.items() if k in TensorSpec.__dataclass_fields__}) for t in result.inputs],
+        outputs=[TensorSpec(**{k: v for k, v in t.items() if k in TensorSpec.__dataclass_fields__}) for t in result.outputs],
+        task=spec.task, metric=spec.metric, preprocessing=pre, quantization=result.quantization,
+        labels=None, tokenizer="tokenizer.json" if spec.tokenizer_file else None, source=spec.source,
+        recipe=recipe.as_dict(), tools=tool_versions(), validation=validation,
+        runtime_hints={**result.runtime_hints, "notes": result.notes},
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+def validate_artifact(tmp: Path, manifest: Manifest, spec, refs, data, precision) -> dict:
+    from . import validate
+    if manifest.format == "coreml":
+        from .exporters.coreml import structural_check
+        structural_check(tmp / manifest.model_file, [vars(t) for t in manifest.inputs],
+                         [vars(t) for t in manifest.outputs], precision)
+        return {"status": "structural-only", "numeric": "not run: needs macOS (Core ML predictions)",
+                "checked": ["spec loads", "IO names/shapes/dtypes match manifest", "weight precision"],
+                "reference": "torch fp32 (eager)", "data": data.source, "samples": len(data)}
+    session = BACKENDS[manifest.format](tmp, manifest, threads=1)
+    return validate.validate(session, spec, refs, data, precision)
+
+
+def export_one(spec, recipe, fmt, precision, out_dir, cache, work, calib, data, refs) -> Outcome:
+    t0 = time.perf_counter()
+    name = f"{fmt}-{precision}"
+    exporter = exporters.get_exporter(fmt)
+    with staging_dir(out_dir / name) as tmp:
+        result = exporter.export(spec, precision, tmp, cache, work, calib=calib, options=recipe.options)
+        manifest = build_manifest(spec, recipe, fmt, precision, result, {})
+        manifest.validation = validate_artifact(tmp, manifest, spec, refs, data, precision)
+        if spec.tokenizer_file:
+            shutil.copyfile(spec.tokenizer_file, tmp / "tokenizer.json")
+        manifest.checksums = hash_tree(tmp)
+        write_file_atomic(tmp / "manifest.json", manifest.to_json().encode())   # last
+        path = publish(tmp, out_dir / name)
+    return Outcome(name, path, manifest, seconds=time.perf_counter() - t0)
+
+
+def run(recipe: Recipe, out_dir: Path, log=print, spec: ModelSpec | None = None) -> list[Outcome]:
+    recipe.check()
+    check_extras(recipe.formats)
+    out_dir = ensure_writable_dir(Path(out_dir))
+    from .sources import load_model
+    spec = spec or load_model(recipe.model, recipe.task, recipe.trust_remote_code, recipe.seq_len)
+    calib = calibration_set(recipe, spec) if "int8" in recipe.precisions else None
+    data = spec.eval or calib or DataSet([spec.example()], "the model's example input")
+    refs = reference_outputs(spec, data)
+    write_reference(out_dir, spec, data, refs)
+    outcomes, cache = [], {}
+    work = out_dir / f".work{TMP_MARK}{__import__('os').getpid()}-convert"
+    work.mkdir(exist_ok=True)
+    try:
+        for fmt in recipe.formats:
+            for precision in recipe.precisions:
+                try:
+                    o = export_one(spec, recipe, fmt, precision, out_dir, cache, work, calib, data, refs)
+                    log(f"  ✓ {o.name:<14} {o.seconds:5.1f}s  {describe_validation(o.manifest.validation)}")
+                except PocketmlError as exc:
+                    o = Outcome(f"{fmt}-{precision}", None, error=exc)
+                    log(f"  ✗ {o.name:<14} exit {exc.exit_code}: {exc}")
+                outcomes.append(o)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return outcomes
+
+
+def describe_validation(v: dict) -> str:
+    if v.get("status") != "passed":
+        return f"validation: {v.get('status')} ({v.get('numeric', '')})"
+    s = v["stats"]
+    parts = [f"cos min {s['cosine_min']:.4f}"]
+    if "top1_agreement" in s:
+        parts.append(f"top-1 agree {s['top1_agreement']:.3f}")
+    parts.append(f"max|Δ| {s['max_abs']:.3g}")
+    return f"validated on {v['samples']} samples: " + ", ".join(parts)

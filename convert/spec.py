@@ -1,0 +1,52 @@
+"""ModelSpec: everything the exporters, validators and the manifest need to know about a model."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+Sample = list[np.ndarray]   # one sample: one array per model input, canonical layout, batch 1
+
+
+@dataclass
+class DataSet:
+    samples: list[Sample]
+    source: str                     # human description: where the data came from
+
+    def __len__(self):
+        return len(self.samples)
+
+
+@dataclass
+class ModelSpec:
+    name: str
+    module: object                  # torch.nn.Module in eval mode, fp32
+    inputs: list[dict]              # [{name, shape, dtype, layout}] canonical (torch) layout, batch 1
+    outputs: list[str]
+    task: str                       # image-classification | sentence-embedding | feature-extraction | generic
+    metric: str                     # top1 | cosine | max-abs
+    family: str                     # cnn | transformer | generic  → which int8 scheme applies
+    preprocessing: dict = field(default_factory=dict)
+    source: dict = field(default_factory=dict)       # {kind, id, sha256, trust_remote_code}
+    calib: DataSet | None = None
+    eval: DataSet | None = None
+    labels: list[str] | None = None
+    tokenizer_file: Path | None = None
+    hf_dir: Path | None = None
+
+    def example(self) -> Sample:
+        """The first evaluation/calibration sample, else zeros/ones of the declared shape."""
+        for ds in (self.eval, self.calib):
+            if ds and ds.samples:
+                return ds.samples[0]
+        return [np.ones([d if isinstance(d, int) else 1 for d in s["shape"]], dtype=s["dtype"])
+                for s in self.inputs]
+
+    def torch_example(self):
+        import torch
+        return tuple(torch.from_numpy(np.ascontiguousarray(x)) for x in self.example())
+
+    @property
+    def is_image(self) -> bool:
+        return self.preprocessing.get("kind") == "image"

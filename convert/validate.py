@@ -1,0 +1,64 @@
+"""Validation on every conversion: the artifact vs the fp32 torch reference, per-precision tolerances.
+
+Tolerances are data. They catch broken conversions (wrong layout, collapsed int8, NaN);
+the user's accuracy budget is judged later by the profiler.
+"""
+from __future__ import annotations
+
+from pocketml.profiler.metrics import compare
+from pocketml.runtime.errors import ValidationFailed
+
+# metric -> precision -> {stat: (op, bound)}
+TOLERANCES = {
+    "top1": {"fp32": {"cosine_min": (">=", 0.9999), "top1_agreement": (">=", 1.0)},
+             "fp16": {"cosine_min": (">=", 0.999), "top1_agreement": (">=", 0.95)},
+             "int8": {"cosine_mean": (">=", 0.90), "top1_agreement": (">=", 0.75)}},
+    "cosine": {"fp32": {"cosine_min": (">=", 0.9999)},
+               "fp16": {"cosine_min": (">=", 0.999)},
+               "int8": {"cosine_min": (">=", 0.85), "cosine_mean": (">=", 0.93)}},
+    "max-abs": {"fp32": {"cosine_min": (">=", 0.9999)},
+                "fp16": {"cosine_min": (">=", 0.999)},
+                "int8": {"cosine_min": (">=", 0.95)}},
+}
+ALWAYS = {"nan_count": ("<=", 0), "collapsed": ("==", False)}
+
+
+def tolerance(metric: str, precision: str) -> dict:
+    return {**ALWAYS, **TOLERANCES[metric][precision]}
+
+
+def check(stats: dict, tol: dict) -> list[str]:
+    if "error" in stats:
+        return [stats["error"]]
+    ops = {">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, "==": lambda a, b: a == b}
+    return [f"{k} = {stats[k]:.6g} (required {op} {bound})" if isinstance(stats[k], float)
+            else f"{k} = {stats[k]} (required {op} {bound})"
+            for k, (op, bound) in tol.items() if not ops[op](stats[k], bound)]
+
+
+def run_outputs(session, samples, layouts) -> list[list]:
+    from pocketml.runtime.data import to_layout
+
+    outs = []
+    for sample in samples:
+        feeds = [to_layout(x, canon, art) for x, (canon, art) in zip(sample, layouts)]
+        res = session.run(feeds)
+        outs.append([res[o.name] for o in session.manifest.outputs])
+    return outs
+
+
+def validate(session, spec, references, dataset, precision: str) -> dict:
+    """Run `dataset` through `session`; compare output 0 with `references`; raise exit 5 on failure."""
+    layouts = [(i.get("layout"), t.layout) for i, t in zip(spec.inputs, session.manifest.inputs)]
+    outs = run_outputs(session, dataset.samples, layouts)
+    stats = compare([r[0] for r in references], [o[0] for o in outs], spec.metric)
+    tol = tolerance(spec.metric, precision)
+    failures = check(stats, tol)
+    report = {"status": "failed" if failures else "passed", "reference": "torch fp32 (eager)",
+              "data": dataset.source, "samples": len(dataset), "stats": stats,
+              "tolerance": {k: f"{op} {b}" for k, (op, b) in tol.items()}}
+    if failures:
+        raise ValidationFailed(
+            f"{spec.name} {session.manifest.format} {precision}: validation against the fp32 torch "
+            f"reference failed on {dataset.source}: " + "; ".join(failures), validation=report)
+    return report

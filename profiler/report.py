@@ -1,0 +1,100 @@
+"""Reports people read: a terminal table (rich), report.json (schema pocketml.report/1), report.md."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pocketml.runtime.atomic import write_file_atomic
+
+COLUMNS = ("artifact", "p50 ms", "p90 ms", "cv", "load ms", "1st ms", "mem MB", "size MB", "accuracy", "verdict")
+
+
+def _acc(row: dict) -> str:
+    a = row.get("accuracy")
+    if not a:
+        return "-"
+    if "error" in a:
+        return a["error"][:40]
+    if "top1_agreement" in a:
+        return f"top1 {a['top1_agreement']:.3f} / top5 {a['top5_overlap']:.3f}"
+    return f"cos {a['cosine_mean']:.4f} (min {a['cosine_min']:.4f})"
+
+
+def cells(row: dict) -> list[str]:
+    name = f"{row['name']} {row['format']}-{row['precision']}"
+    if row.get("status") != "measured":
+        why = row.get("reason") or row.get("error", {}).get("message", "")
+        return [name, "-", "-", "-", "-", "-", "-", f"{row['size_mb']:.2f}", why[:60], row["verdict"]["result"]]
+    lat = row["latency_ms"]
+    return [name, f"{lat['p50']:.2f}", f"{lat['p90']:.2f}", f"{lat['cv']:.1%}", f"{row['load_ms']:.0f}",
+            f"{row['first_inference_ms']:.1f}", f"{row['peak_rss_added_mb']:.0f}", f"{row['size_mb']:.2f}",
+            _acc(row), row["verdict"]["result"]]
+
+
+def header_lines(report: dict) -> list[str]:
+    s = report["settings"]
+    lines = [f"Latency: measured on this host ({report['host']['cpu']}), {s['threads']} thread(s), "
+             f"{s['warmup']} warm-up + {s['runs']} timed runs per artifact, each artifact in its own process."]
+    if report.get("device"):
+        d = report["device"]
+        lines.append(f"Device: {d['display_name']} ({d['soc']}; {d['cpu']}). {d['latency_basis']}.")
+    t = report["targets"]
+    lines.append(f"Targets ({t['source']}): p90 ≤ {t['p90_latency_ms']:g} ms, accuracy drop ≤ "
+                 f"{t['max_accuracy_drop']:.1%}" + (f", size ≤ {t['max_size_mb']:g} MB" if t.get("max_size_mb") else "")
+                 + (f", memory ≤ {t['max_memory_mb']:g} MB" if t.get("max_memory_mb") else ""))
+    refs = sorted({r["accuracy_reference"] for r in report["artifacts"] if r.get("accuracy_reference")})
+    lines += [f"Accuracy reference: {r}" for r in refs]
+    return lines
+
+
+def print_table(report: dict, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or make_console()
+    table = Table(title=f"pocketml profile — overall {report['overall']}", show_lines=False)
+    for c in COLUMNS:
+        table.add_column(c, justify="left" if c in ("artifact", "accuracy") else "right")
+    style = {"PASS": "green", "FAIL": "red", "ERROR": "red", "NOT MEASURED": "yellow"}
+    for row in report["artifacts"]:
+        c = cells(row)
+        c[-1] = f"[{style.get(c[-1], '')}]{c[-1]}[/]"
+        table.add_row(*c)
+    console.print(table)
+    for line in header_lines(report):
+        console.print(line, highlight=False, soft_wrap=True)
+    for row in report["artifacts"]:
+        failed = [c for c in row["verdict"]["checks"] if not c["pass"]]
+        for c in failed:
+            console.print(f"  FAIL {row['name']} {row['format']}-{row['precision']}: {c['name']} "
+                          f"{c['value']:.4g} > {c['limit']:g} ({c['basis']})", highlight=False)
+
+
+def make_console():
+    import sys
+
+    from rich.console import Console
+    return Console(width=None if sys.stdout.isatty() else 180)
+
+
+def markdown(report: dict) -> str:
+    out = [f"# pocketml profile report — overall **{report['overall']}**", ""]
+    out += [f"- {line}" for line in header_lines(report)]
+    out += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    out += ["| " + " | ".join(cells(r)) + " |" for r in report["artifacts"]]
+    out += ["", "## Checks", ""]
+    for r in report["artifacts"]:
+        for c in r["verdict"]["checks"]:
+            out.append(f"- {r['name']} {r['format']}-{r['precision']}: {c['name']} = {c['value']:.4g} "
+                       f"(limit {c['limit']:g}) → {'pass' if c['pass'] else '**FAIL**'} — {c['basis']}")
+        if r.get("status") != "measured":
+            out.append(f"- {r['name']} {r['format']}-{r['precision']}: {r.get('status')} — "
+                       f"{r.get('reason') or r.get('error', {}).get('message', '')}")
+    return "\n".join(out) + "\n"
+
+
+def write(report: dict, out_dir: Path) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    j = write_file_atomic(out_dir / "report.json", (json.dumps(report, indent=2) + "\n").encode())
+    m = write_file_atomic(out_dir / "report.md", markdown(report).encode())
+    return j, m

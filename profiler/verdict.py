@@ -1,0 +1,46 @@
+"""Targets → PASS / FAIL per artifact. Targets come from the device profile, then CLI overrides."""
+from __future__ import annotations
+
+from .metrics import DROP_DEFINITION, accuracy_drop
+
+DEFAULTS = {"p90_latency_ms": 100.0, "max_accuracy_drop": 0.01, "max_size_mb": None, "max_memory_mb": None}
+
+
+def targets(profile: dict | None, overrides: dict) -> dict:
+    t = dict(DEFAULTS)
+    if profile:
+        t.update({k: profile["targets"][k] for k in DEFAULTS if k in profile["targets"]})
+    t.update({k: v for k, v in overrides.items() if v is not None})
+    t["source"] = (f"device profile {profile['name']}" if profile else "pocketml defaults") + \
+        (" with command-line overrides" if any(v is not None for v in overrides.values()) else "")
+    return t
+
+
+def judge(row: dict, t: dict, profile: dict | None) -> dict:
+    if row.get("status") != "measured":
+        return {"result": "NOT MEASURED" if row.get("status") == "not measured" else "ERROR", "checks": []}
+    basis = ("host measurement vs the phone's budget (not a phone measurement)" if profile
+             else "host measurement")
+    checks = [_check("p90 latency (ms)", row["latency_ms"]["p90"], t["p90_latency_ms"], basis)]
+    if "accuracy" in row:
+        drop = accuracy_drop(row["accuracy"], row["metric"])
+        checks.append(_check("accuracy drop", drop, t["max_accuracy_drop"], DROP_DEFINITION[row["metric"]]))
+    if t.get("max_size_mb"):
+        checks.append(_check("size (MB)", row["size_mb"], t["max_size_mb"], "model file(s) on disk"))
+    if t.get("max_memory_mb"):
+        checks.append(_check("memory (MB)", row["peak_rss_added_mb"], t["max_memory_mb"],
+                             "peak resident memory added by the session, on the host"))
+    return {"result": "PASS" if all(c["pass"] for c in checks) else "FAIL", "checks": checks}
+
+
+def _check(name, value, limit, basis) -> dict:
+    return {"name": name, "value": value, "limit": limit, "pass": bool(value <= limit), "basis": basis}
+
+
+def overall(rows: list[dict]) -> str:
+    results = [r["verdict"]["result"] for r in rows]
+    if "ERROR" in results:
+        return "ERROR"
+    if "FAIL" in results:
+        return "FAIL"
+    return "PASS" if "PASS" in results else "NOT MEASURED"
