@@ -63,8 +63,9 @@ def cli(verbose: bool) -> None:
 @click.option("--task", help="For Hugging Face dirs: feature-extraction, sentence-embedding, text-classification.")
 @click.option("--seq-len", default=128, show_default=True, help="Sequence length for text models.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow a Hugging Face model's own Python code to run.")
+@click.option("--no-reuse", is_flag=True, help="Rebuild artifacts even when an identical one is already published.")
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(), help="Output directory.")
-def convert(model, formats, precisions, calib, task, seq_len, trust_remote_code, out_dir):
+def convert(model, formats, precisions, calib, task, seq_len, trust_remote_code, no_reuse, out_dir):
     """Convert MODEL into validated artifacts, one directory per format × precision.
 
     \b
@@ -80,7 +81,7 @@ def convert(model, formats, precisions, calib, task, seq_len, trust_remote_code,
     from pocketml.convert import Recipe, run
 
     recipe = Recipe(model=model, formats=_csv(formats), precisions=_csv(precisions), calib=calib, task=task,
-                    trust_remote_code=trust_remote_code, seq_len=seq_len)
+                    trust_remote_code=trust_remote_code, seq_len=seq_len, options={"reuse": not no_reuse})
     try:
         click.echo(f"converting {model} → {', '.join(recipe.formats)} × {', '.join(recipe.precisions)} in {out_dir}")
         outcomes = run(recipe, Path(out_dir), log=click.echo)

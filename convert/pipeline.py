@@ -53,6 +53,7 @@ class Outcome:
     manifest: Manifest | None = None
     error: PocketmlError | None = None
     seconds: float = 0.0
+    reused: bool = False
 
 
 def tool_versions() -> dict:
@@ -143,13 +144,42 @@ def validate_artifact(tmp: Path, manifest: Manifest, spec, refs, data, precision
     return validate.validate(session, spec, refs, data, precision)
 
 
+def artifact_key(spec: ModelSpec, recipe: Recipe, fmt: str, precision: str, calib: DataSet | None) -> str:
+    """Everything that determines an artifact's bytes: reuse a published one when this matches."""
+    h = hashlib.sha256(json.dumps([spec.source.get("sha256"), spec.name, fmt, precision, recipe.task,
+                                   recipe.seq_len, recipe.options, tool_versions()], sort_keys=True).encode())
+    if calib is not None and precision == "int8":
+        for sample in calib.samples:
+            for x in sample:
+                h.update(np.ascontiguousarray(x).tobytes())
+    return h.hexdigest()
+
+
+def reusable(path: Path, key: str) -> Manifest | None:
+    from pocketml.runtime.manifest import read_manifest, verify_checksums
+    if not (path / "manifest.json").is_file():
+        return None
+    try:
+        manifest = read_manifest(path)
+        if manifest.recipe.get("artifact_key") != key:
+            return None
+        verify_checksums(path, manifest)
+    except PocketmlError:
+        return None
+    return manifest
+
+
 def export_one(spec, recipe, fmt, precision, out_dir, cache, work, calib, data, refs) -> Outcome:
     t0 = time.perf_counter()
     name = f"{fmt}-{precision}"
+    key = artifact_key(spec, recipe, fmt, precision, calib)
+    if recipe.options.get("reuse", True) and (old := reusable(out_dir / name, key)):
+        return Outcome(name, out_dir / name, old, seconds=time.perf_counter() - t0, reused=True)
     exporter = exporters.get_exporter(fmt)
     with staging_dir(out_dir / name) as tmp:
         result = exporter.export(spec, precision, tmp, cache, work, calib=calib, options=recipe.options)
         manifest = build_manifest(spec, recipe, fmt, precision, result, {})
+        manifest.recipe["artifact_key"] = key
         manifest.validation = validate_artifact(tmp, manifest, spec, refs, data, precision)
         if spec.tokenizer_file:
             shutil.copyfile(spec.tokenizer_file, tmp / "tokenizer.json")
@@ -177,7 +207,8 @@ def run(recipe: Recipe, out_dir: Path, log=print, spec: ModelSpec | None = None)
             for precision in recipe.precisions:
                 try:
                     o = export_one(spec, recipe, fmt, precision, out_dir, cache, work, calib, data, refs)
-                    log(f"  ✓ {o.name:<14} {o.seconds:5.1f}s  {describe_validation(o.manifest.validation)}")
+                    how = "unchanged, reused" if o.reused else f"{o.seconds:5.1f}s"
+                    log(f"  ✓ {o.name:<14} {how}  {describe_validation(o.manifest.validation)}")
                 except PocketmlError as exc:
                     o = Outcome(f"{fmt}-{precision}", None, error=exc)
                     log(f"  ✗ {o.name:<14} exit {exc.exit_code}: {exc}")

@@ -175,7 +175,8 @@ def load_factory(ref: str, task: str | None) -> ModelSpec:
         name=fn_name, module=module.eval(), inputs=inputs, outputs=["output_0"],
         task=task or "generic", metric="top1" if task in ("image-classification", "text-classification") else "max-abs",
         family="cnn" if is_image or any(isinstance(m, torch.nn.Conv2d) for m in module.modules()) else "generic",
-        preprocessing={"kind": "tensor"},
+        preprocessing=({"kind": "image", "size": list(example[0].shape[2:]), "normalisation": "none declared "
+                        "(feed tensors the factory's model expects)"} if is_image else {"kind": "tensor"}),
         source={"kind": "factory", "id": ref, "sha256": h.hexdigest(), "loads_code": True})
     from .spec import DataSet
     spec.eval = DataSet([[t.detach().numpy() for t in example]], "the factory's example inputs")

@@ -64,6 +64,9 @@ def print_table(report: dict, console=None) -> None:
     for line in header_lines(report):
         console.print(line, highlight=False, soft_wrap=True)
     for row in report["artifacts"]:
+        if row.get("status") == "error":   # the table cell is cut at 60 characters; print the whole message
+            console.print(f"  ERROR {row['name']} {row['format']}-{row['precision']}: "
+                          f"{row.get('error', {}).get('message', '')}", highlight=False, soft_wrap=True)
         failed = [c for c in row["verdict"]["checks"] if not c["pass"]]
         for c in failed:
             console.print(f"  FAIL {row['name']} {row['format']}-{row['precision']}: {c['name']} "

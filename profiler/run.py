@@ -26,14 +26,20 @@ def discover(paths: list[Path]) -> list[tuple[Path, bool]]:
     found = []
     for p in map(Path, paths):
         if p.is_dir() and not (p / "manifest.json").exists():
-            kids = sorted(k for k in p.iterdir() if k.is_dir() and not k.name.startswith(".")
-                          and (k / "manifest.json").exists() and k.name != "reference")
+            kids = sorted((k for k in p.iterdir() if k.is_dir() and not k.name.startswith(".")
+                           and (k / "manifest.json").exists() and k.name != "reference"), key=_order)
             if not kids:
                 raise UsageError(f"{p}: no pocketml artifacts in it (no */manifest.json)")
             found += [(k, False) for k in kids]
         else:
             found.append((resolve_artifact(p), True))
     return found
+
+
+def _order(path: Path) -> tuple:
+    fmt, _, prec = path.name.partition("-")
+    rank = {"onnx": 0, "tflite": 1, "coreml": 2, "fp32": 0, "fp16": 1, "int8": 2}
+    return rank.get(fmt, 9), rank.get(prec, 9), path.name
 
 
 def reference_for(art: Path) -> Path | None:
@@ -64,15 +70,15 @@ def run_child(args: dict, timeout: float) -> dict:
                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     except subprocess.TimeoutExpired:
         return {"ok": False, "error": {"kind": "unsafe-input", "exit_code": 4,
-                                       "message": f"profiling timed out after {timeout:.0f} s (child killed)"}}
+                                       "message": f"{args['artifact']}: profiling timed out after {timeout:.0f} s (child killed)"}}
     for line in proc.stdout.splitlines()[::-1]:
         if line.startswith("POCKETML-RESULT "):
             return json.loads(line.split(" ", 1)[1])
     if proc.returncode < 0:
         sig = signal.Signals(-proc.returncode).name
-        msg = f"the runtime crashed with {sig} while loading or running the artifact"
+        msg = f"{args['artifact']}: the runtime crashed with {sig} while loading or running the artifact"
     else:
-        msg = f"profiling child exited {proc.returncode}: {proc.stderr.strip().splitlines()[-1:] or ''}"
+        msg = f"{args['artifact']}: profiling child exited {proc.returncode}: {proc.stderr.strip().splitlines()[-1:] or ''}"
     return {"ok": False, "error": {"kind": "unsafe-input", "exit_code": 4, "message": msg,
                                    "stderr_tail": proc.stderr[-2000:]}}
 

@@ -100,6 +100,10 @@ def load_data_dir(data_dir: Path, inputs: list[dict], pre: dict) -> list[list[np
     named: list[tuple[str, list[np.ndarray]]] = []
     images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
     texts = [p for p in files if p.suffix.lower() == ".txt"]
+    if kind == "image" and images and not {"size", "mean", "std"} <= set(pre):
+        raise UsageError(f"{images[0]}: this model declares no image preprocessing (size, mean, std), so "
+                         "pocketml cannot turn image files into its input; pass .npy tensors instead",
+                         sample=str(images[0]))
     if kind == "image":
         named += [(str(p), [x]) for p, x in zip(images, load_images(images, pre))]
     if kind == "text":

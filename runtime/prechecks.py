@@ -27,6 +27,8 @@ def _onnx(path: Path, data: bytes, size: int) -> None:
     # An ONNX ModelProto starts with a protobuf field; field 1 (ir_version, varint) in practice.
     if size < 8 or data[0] not in (0x08, 0x12, 0x1A, 0x22, 0x32, 0x3A, 0x42):
         raise UnsafeInputError(f"{path}: not an ONNX protobuf (first byte 0x{data[:1].hex() or '00'})")
+    from .onnx_checks import check_onnx
+    check_onnx(path)
 
 
 def _coreml(path: Path, data: bytes, size: int) -> None:

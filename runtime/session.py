@@ -58,7 +58,7 @@ class Session:
                 raise UsageError(f"{self.artifact_dir}: missing input {spec.name!r}")
             arr = np.asarray(inputs[spec.name])
             check_shape(arr, spec, where=f"input {spec.name!r}")
-            want = np.float32 if spec.quantization or spec.dtype.startswith("float") else np.dtype(spec.dtype)
+            want = np.dtype(np.float32 if spec.quantization or spec.dtype.startswith("float") else spec.dtype)
             if arr.dtype != want and not (arr.dtype.kind == want.kind == "i"):
                 raise UsageError(f"input {spec.name!r}: dtype {arr.dtype}, expected {np.dtype(want).name}")
             feeds[spec.name] = np.ascontiguousarray(arr.astype(want, copy=False))

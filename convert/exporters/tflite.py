@@ -70,7 +70,7 @@ def _aeq(base: Path, dst: Path, kind: str) -> None:
                 continue
     else:
         q.load_quantization_recipe(recipe.dynamic_wi8_afp32())
-    q.quantize().export_model(str(dst), overwrite=True)
+    q.quantize(enable_progress_report=False, enable_progress_bar=False).export_model(str(dst), overwrite=True)
 
 
 def _static_int8(spec, calib, dst: Path) -> None:

@@ -1,0 +1,112 @@
+"""Phone-class latency estimator (no torch): graph cost x roofline device model, fitted on
+published phone measurements. See docs/ESTIMATE.md.
+
+    from pocketml.profiler.estimate import estimate, estimate_all
+    estimate("out/effnet/tflite-fp32", devices.load("pixel-7"), threads=4)
+"""
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+from pocketml.runtime.errors import UsageError
+
+from .device_model import PRECISIONS, core_family, cores, device_terms, op_arrays, op_times
+from .graph_cost import CATEGORIES, GraphCost, graph_cost
+
+FITTED = Path(__file__).with_name("data") / "fitted.json"
+METHOD = "estimated ({device}, ±{pct} %)"
+# Condition -> note explaining an extrapolation beyond the calibration data.
+NOTES = {
+    "family": "no calibration rows on {family} cores ({core}); the 'big'-core efficiency is assumed",
+    "fp16": "fp16 CPU compute was never calibrated; fp32 efficiencies are used at the fp16 peak rate",
+    "format": "calibrated on TFLite measurements; {fmt} on CPU is assumed to reach the same efficiency",
+    "tied": "no calibration rows for {cats}; their efficiency is tied to fc / elementwise",
+    "threads": "{asked} threads requested, the profile has {cores} cores",
+}
+
+
+@lru_cache(maxsize=4)
+def _fitted(path: str = str(FITTED)) -> dict:
+    if not Path(path).is_file():
+        raise UsageError(f"{path} is missing: run `python -m pocketml.profiler.estimate.fit`")
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def _band(fitted: dict) -> tuple[float, float, int]:
+    b = fitted["validation"]["band"]
+    lo, hi = b["ratio_low"], b["ratio_high"]
+    return lo, hi, round(100 * max(1 - lo, hi - 1))
+
+
+def _notes(cost: GraphCost, dev: dict, profile: dict, fitted: dict, threads: int) -> list[str]:
+    cal = fitted["calibration"]
+    lead = cores(profile)[0]
+    out = []
+    if dev["family"] not in cal["families_fit"]:
+        out.append(NOTES["family"].format(family=dev["family"], core=lead["arm_core"]))
+    if any(dev["exec"][o.precision] == "fp16" for o in cost.live()):
+        out.append(NOTES["fp16"])
+    if cost.format != "tflite":
+        out.append(NOTES["format"].format(fmt=cost.format))
+    tied = sorted({o.category for o in cost.live() if o.category in ("attention", "reshape", "other") and o.macs + o.bytes})
+    if tied:
+        out.append(NOTES["tied"].format(cats=", ".join(tied)))
+    if threads > len(cores(profile)):
+        out.append(NOTES["threads"].format(asked=threads, cores=len(cores(profile))))
+    return out + list(cost.notes)
+
+
+def _breakdown(cost: GraphCost, times) -> dict:
+    out = {}
+    for op, t in zip(cost.live(), times):
+        row = out.setdefault(op.category, {"count": 0, "macs": 0, "ms": 0.0})
+        row["count"] += 1
+        row["macs"] += int(op.macs)
+        row["ms"] += float(t) * 1e3
+    return {c: {**out[c], "ms": round(out[c]["ms"], 3)} for c in CATEGORIES if c in out}
+
+
+def _artifact_precision(artifact, cost: GraphCost) -> str:
+    mf = Path(artifact) / "manifest.json"
+    if mf.is_file():
+        try:
+            return json.loads(mf.read_text(encoding="utf-8")).get("precision", cost.precision)
+        except (OSError, ValueError):
+            pass
+    return cost.precision
+
+
+def estimate(artifact_path, device_profile_dict: dict, threads: int = 1, *, cost: GraphCost | None = None,
+             runtime: str = "xnnpack") -> dict:
+    """Estimated single-inference latency of an artifact on a profiled phone CPU."""
+    if not isinstance(threads, int) or threads < 1:
+        raise UsageError(f"threads must be a positive integer, got {threads!r}")
+    fitted = _fitted()
+    cost = cost or graph_cost(artifact_path)
+    dev = device_terms(device_profile_dict, threads)      # UsageError naming a missing CPU field
+    times = op_times(op_arrays(cost.ops), dev, fitted["params"], runtime)
+    ms = float(times.sum() * 1e3)
+    lo, hi, pct = _band(fitted)
+    name = device_profile_dict.get("name", "profile")
+    lead = cores(device_profile_dict)[0]
+    return {"device": name, "threads": dev["threads"], "format": cost.format,
+            "precision": _artifact_precision(artifact_path, cost),
+            "compute_precision": sorted({dev["exec"][o.precision] for o in cost.live() if o.macs}) or ["fp32"],
+            "latency_ms": round(ms, 3), "low_ms": round(ms * lo, 3), "high_ms": round(ms * hi, 3),
+            "method": METHOD.format(device=name, pct=pct),
+            "breakdown": _breakdown(cost, times),
+            "totals": {**cost.totals(), "lead_core": f"{lead['arm_core']} @ {lead['max_clock_ghz']:g} GHz",
+                       "core_family": core_family(lead)},
+            "notes": _notes(cost, dev, device_profile_dict, fitted, threads)}
+
+
+def estimate_all(artifact, threads: int = 1) -> list[dict]:
+    """`estimate` on every device profile (graph cost computed once)."""
+    from pocketml.profiler import devices
+    cost = graph_cost(artifact)
+    return [estimate(artifact, devices.load(name), threads, cost=cost) for name in devices.available()]
+
+
+__all__ = ["estimate", "estimate_all", "graph_cost", "GraphCost", "PRECISIONS"]

@@ -1,0 +1,207 @@
+"""Fit the device model's free parameters on the calibration rows; validate leave-one-device-out.
+
+    python -m pocketml.profiler.estimate.fit               # fit, validate, write data/fitted.json
+    python -m pocketml.profiler.estimate.fit --build-costs # (needs torch + litert-torch) rebuild
+                                                           # data/costs.json.gz from zoo.py
+
+Only rows with role=fit enter the fit; role=holdout rows are predicted, never fitted.
+Parameters live in log space; a weak prior pulls each toward a physically plausible value
+so categories the MobileNets barely exercise (fc, pooling) stay sane.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .device_model import PRECISIONS, device_terms, latency_ms
+from .graph_cost import CATEGORIES
+
+DATA = Path(__file__).with_name("data")
+MEASUREMENTS, COSTS, FITTED = DATA / "measurements.csv", DATA / "costs.json.gz", DATA / "fitted.json"
+PRIOR_WEIGHT = 0.15           # residual weight of one parameter's log-distance from its prior
+BAND = (0.10, 0.90)           # quantiles of the LOO ratio measured/estimated that bound the band
+
+# name -> (prior, low, high). eff.<precision>.<category> are efficiencies of the roofline peak.
+PRIOR = {"par_eff": (0.85, 0.3, 1.0), "mem_eff": (0.3, 0.02, 1.0), "mem_par": (0.5, 0.0, 1.0),
+         "dispatch_us": (4.0, 0.2, 60.0), "sync_us": (4.0, 0.1, 60.0), "family.apple": (1.0, 0.3, 3.0),
+         "runtime.tflite-legacy": (0.7, 0.2, 1.5)}
+EFF_PRIOR = {"conv1x1": 0.7, "convkxk": 0.5, "depthwise": 0.3, "fc": 0.5, "elementwise": 0.5, "pooling": 0.5}
+for _p in ("fp32", "int8"):
+    for _c, _v in EFF_PRIOR.items():
+        PRIOR[f"eff.{_p}.{_c}"] = (_v * (0.6 if _p == "int8" else 1.0), 0.01, 1.5)
+# Categories / precisions the calibration set cannot inform: tied to a fitted one (documented).
+TIES = {"attention": "fc", "reshape": "elementwise", "other": "elementwise"}
+
+
+def load_rows(path: Path = MEASUREMENTS) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    for r in rows:
+        r["threads"], r["latency_ms"] = int(r["threads"]), float(r["latency_ms"])
+    return rows
+
+
+def load_costs(path: Path = COSTS) -> dict:
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        raw = json.load(fh)
+    out = {}
+    for key, d in raw.items():
+        ops = np.array(d["ops"], dtype=float).reshape(-1, 5)
+        out[key] = {"cat": ops[:, 0].astype(int), "prec": ops[:, 1].astype(int), "macs": ops[:, 2],
+                    "flops": ops[:, 3], "bytes": ops[:, 4]}
+    return out
+
+
+def to_params(vec: np.ndarray, names: list[str]) -> dict:
+    """Flat vector (log space) -> nested parameter dict the device model reads."""
+    flat = dict(zip(names, np.exp(vec)))
+    p = {"eff": {pr: {} for pr in PRECISIONS}, "family": {}, "runtime": {"xnnpack": 1.0}}
+    for k, v in flat.items():
+        head, _, rest = k.partition(".")
+        if head == "eff":
+            pr, cat = rest.split(".")
+            p["eff"][pr][cat] = float(v)
+        elif head in ("family", "runtime"):
+            p[head][rest] = float(v)
+        else:
+            p[k] = float(v)
+    for pr in ("fp32", "int8"):
+        for cat, src in TIES.items():
+            p["eff"][pr][cat] = p["eff"][pr][src]
+    p["eff"]["fp16"] = dict(p["eff"]["fp32"])       # no fp16 CPU measurements: fp16 = fp32 efficiency
+    return p
+
+
+class Problem:
+    def __init__(self, rows, costs, profiles):
+        self.rows = [r for r in rows if f"{r['model']}|{r['precision']}" in costs]
+        self.missing = sorted({f"{r['model']}|{r['precision']}" for r in rows} - set(costs))
+        self.costs = costs
+        self.devs = {(r["device"], r["threads"]): device_terms(profiles[r["device"]], r["threads"]) for r in self.rows}
+        self.names = sorted(PRIOR)
+        self.x0 = np.log([PRIOR[n][0] for n in self.names])
+        self.lo = np.log([PRIOR[n][1] for n in self.names])
+        self.hi = np.log([PRIOR[n][2] for n in self.names])
+
+    def predict(self, params, rows=None) -> np.ndarray:
+        rows = self.rows if rows is None else rows
+        return np.array([latency_ms(self.costs[f"{r['model']}|{r['precision']}"], self.devs[(r["device"], r["threads"])],
+                                    params, r["runtime"]) for r in rows])
+
+    def fit(self, rows) -> dict:
+        from scipy.optimize import least_squares
+
+        meas = np.log([r["latency_ms"] for r in rows])
+
+        def resid(v):
+            pred = self.predict(to_params(v, self.names), rows)
+            return np.concatenate([np.log(pred) - meas, PRIOR_WEIGHT * (v - self.x0)])
+
+        sol = least_squares(resid, self.x0, bounds=(self.lo, self.hi), x_scale=1.0, max_nfev=400)
+        return to_params(sol.x, self.names)
+
+
+def spearman(a, b) -> float:
+    if len(a) < 3:
+        return float("nan")
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def metrics(meas, pred) -> dict:
+    meas, pred = np.asarray(meas, float), np.asarray(pred, float)
+    ape = np.abs(pred - meas) / meas
+    return {"n": int(len(meas)), "median_ape": round(float(np.median(ape)), 4),
+            "within_25pct": round(float(np.mean(ape <= 0.25)), 4), "spearman": round(spearman(meas, pred), 4)}
+
+
+def by_device(rows, pred) -> dict:
+    out = {}
+    for dev in sorted({r["device"] for r in rows}):
+        idx = [i for i, r in enumerate(rows) if r["device"] == dev]
+        out[dev] = metrics([rows[i]["latency_ms"] for i in idx], pred[idx])
+    return out
+
+
+def validate(prob: Problem, fit_rows, hold_rows, final) -> dict:
+    """Leave-one-device-out on the fit rows; the final fit on the hold-out rows."""
+    loo = np.zeros(len(fit_rows))
+    for dev in sorted({r["device"] for r in fit_rows}):
+        train = [r for r in fit_rows if r["device"] != dev]
+        idx = [i for i, r in enumerate(fit_rows) if r["device"] == dev]
+        loo[idx] = prob.predict(prob.fit(train), [fit_rows[i] for i in idx])
+    meas = np.array([r["latency_ms"] for r in fit_rows])
+    ratio = meas / loo
+    hold = prob.predict(final, hold_rows) if hold_rows else np.array([])
+    return {"fit_loo": {"overall": metrics(meas, loo), "per_device": by_device(fit_rows, loo)},
+            "fit_in_sample": metrics(meas, prob.predict(final, fit_rows)),
+            "holdout": {"overall": metrics([r["latency_ms"] for r in hold_rows], hold),
+                        "per_device": by_device(hold_rows, hold)} if hold_rows else {},
+            "band": {"quantiles": list(BAND), "ratio_low": round(float(np.quantile(ratio, BAND[0])), 4),
+                     "ratio_high": round(float(np.quantile(ratio, BAND[1])), 4)},
+            "rows": [{**{k: r[k] for k in ("model", "device", "threads", "precision", "latency_ms", "role")},
+                      "estimate_ms": round(float(p), 2)} for r, p in
+                     zip(fit_rows + hold_rows, list(loo) + list(hold))]}
+
+
+def run(out: Path = FITTED) -> dict:
+    from pocketml.profiler import devices
+
+    rows, costs = load_rows(), load_costs()
+    profiles = {d: devices.load(d) for d in sorted({r["device"] for r in rows})}
+    prob = Problem(rows, costs, profiles)
+    fit_rows = [r for r in prob.rows if r["role"] == "fit"]
+    hold_rows = [r for r in prob.rows if r["role"] == "holdout"]
+    final = prob.fit(fit_rows)
+    report = validate(prob, fit_rows, hold_rows, final)
+    result = {"schema": "pocketml.estimate/1", "params": final, "validation": report,
+              "calibration": {"fit_rows": len(fit_rows), "holdout_rows": len(hold_rows),
+                              "devices_fit": sorted({r["device"] for r in fit_rows}),
+                              "families_fit": sorted({prob.devs[(r["device"], r["threads"])]["family"]
+                                                      for r in fit_rows}),
+                              "precisions_fit": sorted({r["precision"] for r in fit_rows}),
+                              "missing_costs": prob.missing, "prior_weight": PRIOR_WEIGHT}}
+    out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    return result
+
+
+def print_report(res: dict) -> None:
+    v = res["validation"]
+    print("fit rows, leave-one-device-out:", v["fit_loo"]["overall"])
+    for d, m in v["fit_loo"]["per_device"].items():
+        print(f"  {d:10s} {m}")
+    print("fit rows, in sample:", v["fit_in_sample"])
+    print("holdout rows:", v["holdout"].get("overall"))
+    for d, m in v["holdout"].get("per_device", {}).items():
+        print(f"  {d:10s} {m}")
+    print("band ratio:", v["band"])
+    print(json.dumps({k: v for k, v in res["params"].items() if k != "eff"}, indent=None))
+    for pr, e in res["params"]["eff"].items():
+        print(pr, {c: round(e[c], 3) for c in CATEGORIES})
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pocketml.profiler.estimate.fit")
+    ap.add_argument("--build-costs", action="store_true", help="rebuild data/costs.json.gz (needs torch)")
+    ap.add_argument("--only", nargs="*", help="with --build-costs: only these model|precision keys")
+    ap.add_argument("--shard", default="0/1", help="with --build-costs: I/N, convert every N-th key")
+    args = ap.parse_args(argv)
+    if args.build_costs:
+        from .zoo import build_costs
+        i, n = (int(x) for x in args.shard.split("/"))
+        build_costs(sorted({f"{r['model']}|{r['precision']}" for r in load_rows()}), args.only, i, n)
+        return 0
+    res = run()
+    print_report(res)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""`pocketml profile`: measuring, reports, verdicts, Core ML off macOS."""
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+from conftest import assert_no_partial, pocketml_script, run_cli, run_subprocess
+
+from pocketml.profiler.run import REPORT_SCHEMA
+
+pytestmark = pytest.mark.skipif(sys.platform == "darwin", reason="Core ML is measurable on macOS")
+
+
+@pytest.fixture(scope="module")
+def generous_profile(cnn_out, tmp_path_factory):
+    """Profile the whole tiny-CNN directory once, with targets nothing can miss."""
+    reports = tmp_path_factory.mktemp("reports")
+    r = run_cli("profile", cnn_out, "--runs", "5", "--warmup", "1", "--max-latency", "10000ms",
+                "--max-drop", "100%", "-o", reports)
+    return r, reports
+
+
+def test_profile_directory_passes_generous_targets(generous_profile):
+    r, reports = generous_profile
+    assert r.exit_code == 0, r.output
+    assert "overall PASS" in r.output
+    assert f"wrote {reports / 'report.json'} and {reports / 'report.md'}" in r.output
+    assert_no_partial(reports)
+
+
+def test_report_json_schema_and_labels(generous_profile, cnn_out):
+    _, reports = generous_profile
+    report = json.loads((reports / "report.json").read_text())
+    assert report["schema"] == REPORT_SCHEMA == "pocketml.report/1"
+    assert report["overall"] == "PASS"
+    assert report["settings"] == {"threads": 1, "warmup": 1, "runs": 5, "data": None}
+    assert report["targets"]["p90_latency_ms"] == 10000.0 and report["targets"]["max_accuracy_drop"] == 1.0
+    rows = {f"{a['format']}-{a['precision']}": a for a in report["artifacts"]}
+    assert set(rows) == {f"{f}-{p}" for f in ("onnx", "tflite", "coreml") for p in ("fp32", "fp16", "int8")}
+    for name, row in rows.items():
+        if name.startswith("coreml"):
+            continue
+        assert row["status"] == "measured", row
+        assert row["measured"].startswith("measured (host: ") and row["measured"].endswith("1 thread)")
+        lat = row["latency_ms"]
+        assert lat["runs"] == 5 and 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["max"]
+        assert row["size_mb"] > 0 and row["samples"] >= 1
+        # The child's own peak, not this (torch-laden) test process's, which Linux's ru_maxrss would carry
+        # across fork+exec.
+        assert 0 <= row["peak_rss_added_mb"] < 150, row["peak_rss_added_mb"]
+        assert row["accuracy"]["top1_agreement"] == 1.0
+        assert row["verdict"]["result"] == "PASS"
+        assert {c["name"] for c in row["verdict"]["checks"]} == {"p90 latency (ms)", "accuracy drop"}
+        assert row["accuracy_reference"].startswith("torch fp32 (eager)")
+
+
+def test_report_md_written(generous_profile):
+    _, reports = generous_profile
+    md = (reports / "report.md").read_text()
+    assert md.startswith("# pocketml profile report — overall **PASS**")
+    assert "| tiny_cnn tflite-int8 |" in md
+    assert "tiny_cnn coreml-fp32: not measured" in md
+
+
+def test_coreml_in_a_directory_is_not_measured_and_others_are(generous_profile):
+    r, reports = generous_profile
+    report = json.loads((reports / "report.json").read_text())
+    coreml = [a for a in report["artifacts"] if a["format"] == "coreml"]
+    others = [a for a in report["artifacts"] if a["format"] != "coreml"]
+    assert len(coreml) == 3 and len(others) == 6
+    for row in coreml:
+        assert row["status"] == "not measured" and row["verdict"]["result"] == "NOT MEASURED"
+        assert "macOS" in row["reason"] and "latency_ms" not in row
+    assert all(row["status"] == "measured" for row in others)
+    assert "NOT MEASURED" in r.output
+
+
+def test_coreml_artifact_named_explicitly_exits_7(cnn_out, tmp_path):
+    """A real run of the installed console script."""
+    art = cnn_out / "coreml-fp16"
+    proc = run_subprocess([pocketml_script(), "profile", art, "--runs", "2", "-o", tmp_path / "reports"])
+    assert proc.returncode == 7, proc.stderr
+    assert str(art) in proc.stderr and "macOS" in proc.stderr
+    assert not (tmp_path / "reports").exists()
+
+
+def test_missed_latency_target_exits_6(cnn_out, tmp_path):
+    r = run_cli("profile", cnn_out / "onnx-fp32", cnn_out / "tflite-fp32", "--runs", "3", "--warmup", "0",
+                "--max-latency", "0.0001ms", "--max-drop", "100%", "-o", tmp_path)
+    assert r.exit_code == 6, r.output
+    assert "overall FAIL" in r.output
+    assert "FAIL tiny_cnn onnx-fp32: p90 latency (ms)" in r.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["overall"] == "FAIL"
+    for row in report["artifacts"]:
+        check, = [c for c in row["verdict"]["checks"] if c["name"] == "p90 latency (ms)"]
+        assert check["limit"] == 0.0001 and check["value"] > 0.0001 and check["pass"] is False
+
+
+def test_device_profile_targets_are_used(cnn_out, tmp_path):
+    r = run_cli("profile", cnn_out / "onnx-int8", "--device", "pixel-7", "--runs", "2", "--warmup", "0",
+                "-o", tmp_path)
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["device"]["name"] == "pixel-7"
+    assert "not a phone measurement" in report["device"]["latency_basis"]
+    assert report["targets"]["source"] == "device profile pixel-7"
+    assert report["targets"]["max_size_mb"] == 50.0
+
+
+def test_report_defaults_to_the_profiled_directory(cnn_out, tmp_path):
+    import shutil
+    root = tmp_path / "arts"
+    shutil.copytree(cnn_out / "reference", root / "reference")
+    shutil.copytree(cnn_out / "tflite-fp16", root / "tflite-fp16")
+    r = run_cli("profile", root, "--runs", "2", "--warmup", "0")
+    assert r.exit_code == 0, r.output
+    assert (root / "report.json").is_file() and (root / "report.md").is_file()
+    assert_no_partial(root)
+
+
+@pytest.mark.parametrize("args, text", [
+    (["--runs", "1"], "--runs must be ≥ 2"),
+    (["--max-latency", "fast"], "expected milliseconds"),
+    (["--max-drop", "lots"], "expected a fraction or a percentage"),
+])
+def test_bad_profile_options(cnn_out, tmp_path, args, text):
+    r = run_cli("profile", cnn_out / "onnx-fp32", *args, "-o", tmp_path)
+    assert r.exit_code == 2, r.output
+    assert text in r.output
+    assert not (tmp_path / "report.json").exists()
+
+
+def test_directory_without_artifacts(tmp_path):
+    (tmp_path / "empty").mkdir()
+    r = run_cli("profile", tmp_path / "empty")
+    assert r.exit_code == 2
+    assert "no pocketml artifacts" in r.output and "empty" in r.output
