@@ -147,7 +147,8 @@ def validate_artifact(tmp: Path, manifest: Manifest, spec, refs, data, precision
 def artifact_key(spec: ModelSpec, recipe: Recipe, fmt: str, precision: str, calib: DataSet | None) -> str:
     """Everything that determines an artifact's bytes: reuse a published one when this matches."""
     h = hashlib.sha256(json.dumps([spec.source.get("sha256"), spec.name, fmt, precision, recipe.task,
-                                   recipe.seq_len, recipe.options, tool_versions()], sort_keys=True).encode())
+                                   recipe.seq_len, {k: v for k, v in recipe.options.items() if k != "reuse"},
+                                   tool_versions()], sort_keys=True).encode())
     if calib is not None and precision == "int8":
         for sample in calib.samples:
             for x in sample:

@@ -58,6 +58,16 @@ def test_identical_reconvert_reuses_the_published_artifact(tmp_path):
     assert_no_partial(out)
 
 
+def test_reuse_after_a_no_reuse_run(tmp_path):
+    """--no-reuse only forces a rebuild; it does not make the artifact unreusable afterwards."""
+    out = tmp_path / "out"
+    assert run_cli("convert", "models:tiny_mlp", "--to", "onnx", "--no-reuse", "-o", out).exit_code == 0
+    again = run_cli("convert", "models:tiny_mlp", "--to", "onnx", "-o", out)
+    assert again.exit_code == 0, again.output
+    assert "onnx-fp32      unchanged, reused" in again.output
+    assert_no_partial(out)
+
+
 def test_clean_stale_keeps_temporaries_of_live_processes(tmp_path):
     live = tmp_path / f".x.tmp-{os.getpid()}-aaaaaa"
     dead = tmp_path / f".x.tmp-{dead_pid()}-bbbbbb"

@@ -237,6 +237,7 @@ def test_unknown_model_reference(tmp_path):
     r = run_cli("convert", "no-such-model", "--to", "onnx", "-o", tmp_path / "out")
     assert r.exit_code == 2
     assert "no-such-model" in r.output and "efficientnet-lite0" in r.output
+    assert_no_partial(tmp_path / "out")
 
 
 def test_bare_checkpoint_is_refused(tmp_path):
@@ -245,6 +246,7 @@ def test_bare_checkpoint_is_refused(tmp_path):
     r = run_cli("convert", ckpt, "--to", "onnx", "-o", tmp_path / "out")
     assert r.exit_code == 2
     assert "weights.pt" in r.output and "factory" in r.output
+    assert_no_partial(tmp_path / "out")
 
 
 def test_rerun_is_copyable_elsewhere(cnn_out, tmp_path):

@@ -17,6 +17,7 @@ from .errors import unsupported
 
 FORMAT = "coreml"
 MIN_TARGET = "iOS16"     # constexpr int8 weights need iOS16 / macOS13
+WEIGHT_THRESHOLD = 256   # quantize weight tensors with more elements than this (coremltools default: 2048)
 
 
 def _exported(spec, cache):
@@ -57,7 +58,7 @@ def export(spec, precision: str, out_dir: Path, cache: dict, work: Path, calib=N
     if precision == "int8":
         from coremltools.optimize.coreml import OpLinearQuantizerConfig, OptimizationConfig, linear_quantize_weights
         cfg = OptimizationConfig(global_config=OpLinearQuantizerConfig(
-            mode="linear_symmetric", dtype="int8", granularity="per_channel"))
+            mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=WEIGHT_THRESHOLD))
         model = linear_quantize_weights(model, cfg)
     model.save(str(out_dir / "model.mlpackage"))
     ins = [{"name": i["name"], "shape": list(i["shape"]), "layout": i.get("layout"), "quantization": None,
@@ -103,7 +104,8 @@ def structural_check(pkg: Path, ins: list[dict], outs: list[dict], precision: st
                   for b in f.block_specializations.values() for op in b.operations)
     quant_ops = sum(n for t, n in ops.items() if t.startswith("constexpr_"))
     if precision == "int8" and not quant_ops:
-        problems.append("precision int8 requested but no constexpr (quantized) weights found")
+        problems.append(f"precision int8 requested but no constexpr (quantized) weights found "
+                        f"(only tensors over {WEIGHT_THRESHOLD} elements are quantized)")
     if precision != "int8" and quant_ops:
         problems.append(f"precision {precision} requested but {quant_ops} quantized weight ops found")
     if problems:

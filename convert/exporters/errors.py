@@ -10,6 +10,7 @@ PATTERNS = [
     re.compile(r"convert function for op '([\w.]+)' not implemented"),
     re.compile(r"[Uu]nsupported (?:op|operator)s?:?\s*'?([\w.:]+)"),
     re.compile(r"No lowering (?:found )?for ([\w.:]+)"),
+    re.compile(r"[Uu]nsupported fx node ([\w.:]+)"),
 ]
 
 

@@ -29,9 +29,9 @@ PRIOR_WEIGHT = 0.15           # residual weight of one parameter's log-distance 
 BAND = (0.10, 0.90)           # quantiles of the LOO ratio measured/estimated that bound the band
 
 # name -> (prior, low, high). eff.<precision>.<category> are efficiencies of the roofline peak.
-PRIOR = {"par_eff": (0.85, 0.3, 1.0), "mem_eff": (0.3, 0.02, 1.0), "mem_par": (0.5, 0.0, 1.0),
+PRIOR = {"par_eff": (0.85, 0.3, 1.0), "mem_eff": (0.3, 0.02, 1.0), "mem_par": (0.5, 0.01, 1.0),
          "dispatch_us": (4.0, 0.2, 60.0), "sync_us": (4.0, 0.1, 60.0), "family.apple": (1.0, 0.3, 3.0),
-         "runtime.tflite-legacy": (0.7, 0.2, 1.5)}
+         "runtime.tflite-legacy": (1.4, 0.5, 3.0)}
 EFF_PRIOR = {"conv1x1": 0.7, "convkxk": 0.5, "depthwise": 0.3, "fc": 0.5, "elementwise": 0.5, "pooling": 0.5}
 for _p in ("fp32", "int8"):
     for _c, _v in EFF_PRIOR.items():
