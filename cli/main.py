@@ -115,7 +115,9 @@ def profile(paths, device, data, threads, warmup, runs, max_latency, max_drop, m
     """Measure artifacts (latency percentiles, cold start, memory, size, accuracy) and judge them.
 
     \b
-    Exit 0 when every measured artifact passes, 6 when a target is missed.
+    With --device, the latency verdict uses the phone-class estimate and its error band
+    (a band crossing the budget is UNCERTAIN); host measurements are reported beside it.
+    Exit 0 when every measured artifact passes, 6 when a target is missed or uncertain.
     Examples:
       pocketml profile out/effnet --device pixel-7 --runs 50
       pocketml profile out/effnet/tflite-int8 --data ./images --max-latency 30ms --max-drop 1%
@@ -133,8 +135,64 @@ def profile(paths, device, data, threads, warmup, runs, max_latency, max_drop, m
     target = Path(out_dir) if out_dir else (Path(paths[0]) if Path(paths[0]).is_dir() else Path(paths[0]).parent)
     j, m = rep.write(result, target)
     click.echo(f"wrote {j} and {m}")
-    codes = {"PASS": 0, "NOT MEASURED": 0, "FAIL": 6, "ERROR": 4}
+    codes = {"PASS": 0, "NOT MEASURED": 0, "FAIL": 6, "UNCERTAIN": 6, "ERROR": 4}
     sys.exit(codes[result["overall"]])
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--device", required=True, help="Device profile name, a profile .toml, or 'all'.")
+@click.option("--threads", default=1, show_default=True)
+@click.option("--budget", default="100ms", show_default=True, help="Latency budget for the verdict column.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (one object, or a list for several).")
+def estimate(paths, device, threads, budget, as_json):
+    """Estimate phone-class latency of artifacts without a phone (ONNX, TFLite, Core ML).
+
+    \b
+    The estimate is a roofline model over the artifact's graph, fitted on published phone
+    measurements; its band is the measured leave-one-device-out error (docs/ESTIMATE.md).
+    Examples:
+      pocketml estimate out/effnet/tflite-int8 --device galaxy-a14-5g --threads 4 --json
+      pocketml estimate out/minilm --device all
+    """
+    import json
+
+    from pocketml.profiler import devices as dev
+    from pocketml.profiler.estimate import estimate as run_estimate
+    from pocketml.profiler.run import discover
+    from pocketml.runtime.manifest import read_manifest, verify_checksums
+
+    limit = _ms(budget)
+    try:
+        arts = [a for a, _ in discover(list(paths))]
+        profiles = [dev.load(n) for n in (dev.available() if device == "all" else [device])]
+        rows = []
+        for art in arts:
+            verify_checksums(art, read_manifest(art))
+            for prof in profiles:
+                e = run_estimate(art, prof, threads)
+                e["artifact"] = str(art)
+                e["verdict"] = ("N/A: no runtime for this format" if not e["runs_on_device"] else "PASS"
+                                if e["high_ms"] <= limit else "FAIL" if e["low_ms"] > limit else "UNCERTAIN")
+                rows.append(e)
+    except PocketmlError as exc:
+        _fail(exc)
+    if as_json:
+        click.echo(json.dumps(rows[0] if len(rows) == 1 else rows, indent=2))
+        return
+    from rich.table import Table
+
+    from pocketml.profiler.report import make_console
+    t = Table(title=f"pocketml estimate — {threads} thread(s), budget {limit:g} ms")
+    for c in ("artifact", "device", "estimate ms", "band ms", f"≤ {limit:g} ms", "method"):
+        t.add_column(c)
+    for e in rows:
+        t.add_row(Path(e["artifact"]).name, e["device"], f"{e['latency_ms']:.1f}",
+                  f"{e['low_ms']:.1f}–{e['high_ms']:.1f}", e["verdict"], e["method"])
+    make_console().print(t)
+    notes = sorted({n for e in rows for n in e.get("notes", [])})
+    for n in notes:
+        click.echo(f"note: {n}")
 
 
 @cli.command()

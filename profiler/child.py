@@ -1,17 +1,56 @@
 """Profile one artifact inside a child process: `python -m pocketml.profiler.child '<json args>'`.
 
 Running in a child contains native crashes (a signal becomes an error for this artifact only),
-enforces a timeout, and makes peak-RSS attributable to this one session. Prints one JSON line.
+enforces a timeout, caps the address space (`memory_mb` → RLIMIT_AS, applied by the child to itself
+before it imports a runtime or opens the artifact; core dumps off), and makes peak-RSS attributable
+to this one session. Prints one JSON line.
+
+Test hook: POCKETML_TEST_CHILD_FAULT=segv|abort|hang|oom|exit[:ARTIFACT_DIR_NAME] makes the child fail
+that way before loading anything — honoured only while PYTEST_CURRENT_TEST is also set (pytest sets it).
 """
 from __future__ import annotations
 
 import json
+import os
 import resource
-import statistics
 import sys
 import time
 
-import numpy as np
+FAULT_ENV = "POCKETML_TEST_CHILD_FAULT"
+
+
+def apply_limits(memory_mb: int | None) -> None:
+    """Limits for this process: no core files; address space capped at `memory_mb` (None: no cap)."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if memory_mb:
+        want = int(memory_mb) << 20
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        if hard != resource.RLIM_INFINITY:
+            want = min(want, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (want, want))
+
+
+def test_fault(artifact: str) -> None:
+    """The test-only fault hook (see module docstring)."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec or not os.environ.get("PYTEST_CURRENT_TEST"):
+        return
+    mode, _, only = spec.partition(":")
+    if only and os.path.basename(os.path.normpath(artifact)) != only:
+        return
+    import signal
+    if mode == "segv":
+        os.kill(os.getpid(), signal.SIGSEGV)
+    elif mode == "abort":
+        os.abort()
+    elif mode == "hang":
+        while True:
+            time.sleep(60)
+    elif mode == "oom":
+        hog = [bytearray(1 << 30) for _ in range(1 << 10)]   # 1 TiB: must hit the memory cap
+        del hog
+    elif mode == "exit":
+        os._exit(3)
 
 
 def _rss_kb() -> int:
@@ -35,6 +74,7 @@ def _peak_rss_kb() -> int:
 
 
 def latency_stats(ms: list[float]) -> dict:
+    import numpy as np
     a = np.asarray(ms)
     mean = float(a.mean())
     return {"runs": len(ms), "min": float(a.min()), "mean": mean, "p50": float(np.percentile(a, 50)),
@@ -43,23 +83,28 @@ def latency_stats(ms: list[float]) -> dict:
             "cv": float(a.std(ddof=1) / mean) if len(ms) > 1 and mean > 0 else 0.0}
 
 
-def load_samples(inputs_npz: str, names: list[str]) -> list[list[np.ndarray]]:
+def load_samples(inputs_npz: str, names: list[str]) -> list:
+    import numpy as np
     with np.load(inputs_npz, allow_pickle=False) as z:
         arrays = [z[n] for n in names]
     return [[a[i:i + 1] for a in arrays] for i in range(arrays[0].shape[0])]
 
 
 def profile(args: dict) -> dict:
+    import numpy as np
+
     from pocketml.profiler.metrics import compare
     from pocketml.runtime import session as rt
     from pocketml.runtime.data import to_layout
-    from pocketml.runtime.manifest import read_manifest, verify_checksums
+    from pocketml.runtime.manifest import read_manifest, verify_checksums, verify_files
 
     art = rt.resolve_artifact(args["artifact"])
     manifest = read_manifest(art)
     t = time.perf_counter()
     verify_checksums(art, manifest)
     verify_ms = (time.perf_counter() - t) * 1e3
+    if args.get("reference_dir"):      # the reference set is input too: verified like an artifact
+        verify_reference(args["reference_dir"], verify_files)
     {"onnx": lambda: __import__("onnxruntime"), "tflite": rt._tflite_interpreter}.get(manifest.format, lambda: 0)()
     rss0 = _rss_kb()
     t = time.perf_counter()
@@ -101,13 +146,34 @@ def profile(args: dict) -> dict:
     return result
 
 
+def verify_reference(ref_dir: str, verify_files) -> None:
+    from pocketml.runtime.errors import UnsafeInputError
+    from pocketml.runtime.manifest import MAX_MANIFEST_BYTES, parse_json
+    from pocketml.runtime.paths import open_contained
+
+    with open_contained(ref_dir, "manifest.json") as fh:
+        meta = parse_json(fh.read(MAX_MANIFEST_BYTES + 1), f"{ref_dir}/manifest.json")
+    sums = meta.get("checksums") if isinstance(meta, dict) else None
+    if not isinstance(sums, dict) or not {"inputs.npz", "outputs.npz"} <= set(sums) \
+            or not all(isinstance(v, str) for v in sums.values()):
+        raise UnsafeInputError(f"{ref_dir}/manifest.json: no checksums for inputs.npz and outputs.npz")
+    verify_files(ref_dir, sums)
+
+
 def main() -> int:
     args = json.loads(sys.argv[1])
+    apply_limits(args.get("memory_mb"))
+    test_fault(args["artifact"])
     from pocketml.runtime.errors import PocketmlError
     try:
         res = {"ok": True, **profile(args)}
     except PocketmlError as exc:
         res = {"ok": False, "error": exc.as_dict()}
+    except MemoryError:
+        res = {"ok": False, "error": {
+            "kind": "resource", "exit_code": 4, "memory_mb": args.get("memory_mb"),
+            "message": f"{args['artifact']}: profiling needed more memory than the child's cap of "
+                       f"{args.get('memory_mb')} MB (set POCKETML_CHILD_MEMORY_MB to raise it)"}}
     print("POCKETML-RESULT " + json.dumps(res), flush=True)
     return 0
 

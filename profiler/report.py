@@ -6,7 +6,18 @@ from pathlib import Path
 
 from pocketml.runtime.atomic import write_file_atomic
 
-COLUMNS = ("artifact", "p50 ms", "p90 ms", "cv", "load ms", "1st ms", "mem MB", "size MB", "accuracy", "verdict")
+COLUMNS = ("artifact", "host p50 ms", "host p90 ms", "cv", "load ms", "1st ms", "mem MB", "size MB", "accuracy",
+           "device est. ms [band]", "verdict")
+WORD = {True: "pass", False: "**FAIL**", None: "**UNCERTAIN**"}
+
+
+def _est(row: dict) -> str:
+    e = row.get("estimate")
+    if not e:
+        return "-"
+    if "error" in e:
+        return "n/a"
+    return f"{e['latency_ms']:.1f} [{e['low_ms']:.1f}–{e['high_ms']:.1f}]"
 
 
 def _acc(row: dict) -> str:
@@ -24,11 +35,12 @@ def cells(row: dict) -> list[str]:
     name = f"{row['name']} {row['format']}-{row['precision']}"
     if row.get("status") != "measured":
         why = row.get("reason") or row.get("error", {}).get("message", "")
-        return [name, "-", "-", "-", "-", "-", "-", f"{row['size_mb']:.2f}", why[:60], row["verdict"]["result"]]
+        return [name, "-", "-", "-", "-", "-", "-", f"{row['size_mb']:.2f}", why[:60], _est(row),
+                row["verdict"]["result"]]
     lat = row["latency_ms"]
     return [name, f"{lat['p50']:.2f}", f"{lat['p90']:.2f}", f"{lat['cv']:.1%}", f"{row['load_ms']:.0f}",
             f"{row['first_inference_ms']:.1f}", f"{row['peak_rss_added_mb']:.0f}", f"{row['size_mb']:.2f}",
-            _acc(row), row["verdict"]["result"]]
+            _acc(row), _est(row), row["verdict"]["result"]]
 
 
 def header_lines(report: dict) -> list[str]:
@@ -55,7 +67,7 @@ def print_table(report: dict, console=None) -> None:
     table = Table(title=f"pocketml profile — overall {report['overall']}", show_lines=False)
     for c in COLUMNS:
         table.add_column(c, justify="left" if c in ("artifact", "accuracy") else "right")
-    style = {"PASS": "green", "FAIL": "red", "ERROR": "red", "NOT MEASURED": "yellow"}
+    style = {"PASS": "green", "FAIL": "red", "ERROR": "red", "NOT MEASURED": "yellow", "UNCERTAIN": "yellow"}
     for row in report["artifacts"]:
         c = cells(row)
         c[-1] = f"[{style.get(c[-1], '')}]{c[-1]}[/]"
@@ -67,9 +79,9 @@ def print_table(report: dict, console=None) -> None:
         if row.get("status") == "error":   # the table cell is cut at 60 characters; print the whole message
             console.print(f"  ERROR {row['name']} {row['format']}-{row['precision']}: "
                           f"{row.get('error', {}).get('message', '')}", highlight=False, soft_wrap=True)
-        failed = [c for c in row["verdict"]["checks"] if not c["pass"]]
+        failed = [c for c in row["verdict"]["checks"] if c["pass"] is not True]
         for c in failed:
-            console.print(f"  FAIL {row['name']} {row['format']}-{row['precision']}: {c['name']} "
+            console.print(f"  {'FAIL' if c['pass'] is False else 'UNCERTAIN'} {row['name']} {row['format']}-{row['precision']}: {c['name']} "
                           f"{c['value']:.4g} > {c['limit']:g} ({c['basis']})", highlight=False)
 
 
@@ -89,7 +101,7 @@ def markdown(report: dict) -> str:
     for r in report["artifacts"]:
         for c in r["verdict"]["checks"]:
             out.append(f"- {r['name']} {r['format']}-{r['precision']}: {c['name']} = {c['value']:.4g} "
-                       f"(limit {c['limit']:g}) → {'pass' if c['pass'] else '**FAIL**'} — {c['basis']}")
+                       f"(limit {c['limit']:g}) → {WORD[c['pass']]} — {c['basis']}")
         if r.get("status") != "measured":
             out.append(f"- {r['name']} {r['format']}-{r['precision']}: {r.get('status')} — "
                        f"{r.get('reason') or r.get('error', {}).get('message', '')}")

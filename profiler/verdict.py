@@ -19,9 +19,13 @@ def targets(profile: dict | None, overrides: dict) -> dict:
 def judge(row: dict, t: dict, profile: dict | None) -> dict:
     if row.get("status") != "measured":
         return {"result": "NOT MEASURED" if row.get("status") == "not measured" else "ERROR", "checks": []}
-    basis = ("host measurement vs the phone's budget (not a phone measurement)" if profile
-             else "host measurement")
-    checks = [_check("p90 latency (ms)", row["latency_ms"]["p90"], t["p90_latency_ms"], basis)]
+    est = row.get("estimate") or {}
+    if profile and "latency_ms" in est:
+        checks = [_band_check("p90 latency on device (ms)", est, t["p90_latency_ms"])]
+    else:
+        basis = ("host measurement vs the phone's budget (no estimate available: "
+                 f"{est.get('error', 'none')})" if profile else "host measurement")
+        checks = [_check("p90 latency (ms)", row["latency_ms"]["p90"], t["p90_latency_ms"], basis)]
     if "accuracy" in row:
         drop = accuracy_drop(row["accuracy"], row["metric"])
         checks.append(_check("accuracy drop", drop, t["max_accuracy_drop"], DROP_DEFINITION[row["metric"]]))
@@ -30,7 +34,19 @@ def judge(row: dict, t: dict, profile: dict | None) -> dict:
     if t.get("max_memory_mb"):
         checks.append(_check("memory (MB)", row["peak_rss_added_mb"], t["max_memory_mb"],
                              "peak resident memory added by the session, on the host"))
-    return {"result": "PASS" if all(c["pass"] for c in checks) else "FAIL", "checks": checks}
+    return {"result": RESULT[min(RANK[c["pass"]] for c in checks)], "checks": checks}
+
+
+RANK = {False: 0, None: 1, True: 2}
+RESULT = {0: "FAIL", 1: "UNCERTAIN", 2: "PASS"}
+
+
+def _band_check(name: str, est: dict, limit: float) -> dict:
+    """PASS only when the whole band is under the budget; a band that crosses it is uncertain (None)."""
+    ok = True if est["high_ms"] <= limit else False if est["low_ms"] > limit else None
+    return {"name": name, "value": est["latency_ms"], "low": est["low_ms"], "high": est["high_ms"],
+            "limit": limit, "pass": ok, "basis": f"{est['method']}, {est['threads']} thread(s): single-inference "
+                                                 "estimate, judged as the p90 budget"}
 
 
 def _check(name, value, limit, basis) -> dict:
@@ -43,4 +59,6 @@ def overall(rows: list[dict]) -> str:
         return "ERROR"
     if "FAIL" in results:
         return "FAIL"
+    if "UNCERTAIN" in results:
+        return "UNCERTAIN"
     return "PASS" if "PASS" in results else "NOT MEASURED"

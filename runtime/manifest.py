@@ -29,9 +29,15 @@ class TensorSpec:
     quantization: dict | None = None  # {"scale": float, "zero_point": int} for quantized IO
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TensorSpec":
-        _require(d, ("name", "shape", "dtype"), "tensor")
-        return cls(name=str(d["name"]), shape=list(d["shape"]), dtype=str(d["dtype"]),
+    def from_dict(cls, d: dict, where: str = "tensor") -> "TensorSpec":
+        if not isinstance(d, dict):
+            raise UnsafeInputError(f"{where}: not a JSON object")
+        _require(d, ("name", "shape", "dtype"), where)
+        _types(d, TENSOR_TYPES, where)
+        if len(d["shape"]) > 16 or not all(isinstance(x, str) or (isinstance(x, int) and not isinstance(x, bool))
+                                           for x in d["shape"]):
+            raise UnsafeInputError(f"{where}: field 'shape' must be a list of at most 16 ints or names")
+        return cls(name=d["name"], shape=list(d["shape"]), dtype=d["dtype"],
                    layout=d.get("layout"), quantization=d.get("quantization"))
 
 
@@ -69,12 +75,38 @@ class Manifest:
             raise UnsafeInputError(f"{where}: schema {d.get('schema')!r} is not {SCHEMA!r}")
         _require(d, ("name", "format", "precision", "model_file", "inputs", "outputs", "task",
                      "metric", "checksums"), where)
+        _types(d, MANIFEST_TYPES, where)
         if d["format"] not in FORMATS:
             raise UnsafeInputError(f"{where}: format {d['format']!r} is not one of {FORMATS}")
+        if d["precision"] not in PRECISIONS:
+            raise UnsafeInputError(f"{where}: precision {d['precision']!r} is not one of {PRECISIONS}")
+        bad = [k for k, v in d["checksums"].items() if not (isinstance(v, str) and _is_sha256(v))]
+        if bad:
+            raise UnsafeInputError(f"{where}: checksum of {bad[0]!r} is not a SHA-256 hex digest")
         kw = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
-        kw["inputs"] = [TensorSpec.from_dict(t) for t in d["inputs"]]
-        kw["outputs"] = [TensorSpec.from_dict(t) for t in d["outputs"]]
+        kw["inputs"] = [TensorSpec.from_dict(t, f"{where}: inputs[{i}]") for i, t in enumerate(d["inputs"])]
+        kw["outputs"] = [TensorSpec.from_dict(t, f"{where}: outputs[{i}]") for i, t in enumerate(d["outputs"])]
         return cls(**kw)
+
+
+_OPT_STR = (str, type(None))
+_OPT_DICT = (dict, type(None))
+TENSOR_TYPES = {"name": str, "shape": list, "dtype": str, "layout": _OPT_STR, "quantization": _OPT_DICT}
+MANIFEST_TYPES = {"name": str, "format": str, "precision": str, "model_file": str, "inputs": list, "outputs": list,
+                  "task": str, "metric": str, "preprocessing": dict, "quantization": dict, "labels": _OPT_STR,
+                  "tokenizer": _OPT_STR, "source": dict, "recipe": dict, "tools": dict, "validation": dict,
+                  "checksums": dict, "runtime_hints": dict, "created": str, "schema": str}
+
+
+def _types(d: dict, types: dict, where: str) -> None:
+    for key, want in types.items():
+        if key in d and not isinstance(d[key], want):
+            raise UnsafeInputError(f"{where}: field '{key}' is {type(d[key]).__name__}, expected "
+                                   f"{getattr(want, '__name__', None) or ' or '.join(t.__name__ for t in want)}")
+
+
+def _is_sha256(v: str) -> bool:
+    return len(v) == 64 and all(c in "0123456789abcdef" for c in v)
 
 
 def _require(d: dict, keys, where: str) -> None:
@@ -84,10 +116,14 @@ def _require(d: dict, keys, where: str) -> None:
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
+        return sha256_fileobj(fh, chunk)
+
+
+def sha256_fileobj(fh, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    while block := fh.read(chunk):
+        h.update(block)
     return h.hexdigest()
 
 
@@ -104,29 +140,44 @@ def hash_tree(root: Path) -> dict[str, str]:
 
 
 def read_manifest(artifact_dir: Path) -> Manifest:
+    from .paths import open_contained
+
     path = Path(artifact_dir) / MANIFEST
-    if not path.is_file():
+    if not (path.is_file() or path.is_symlink()):
         raise UsageError(f"{artifact_dir} is not a pocketml artifact: no {MANIFEST}")
-    if path.stat().st_size > MAX_MANIFEST_BYTES:
+    with open_contained(artifact_dir, MANIFEST) as fh:      # O_NOFOLLOW: a symlinked manifest is refused
+        raw = fh.read(MAX_MANIFEST_BYTES + 1)
+    if len(raw) > MAX_MANIFEST_BYTES:
         raise UnsafeInputError(f"{path}: manifest larger than {MAX_MANIFEST_BYTES} bytes")
+    return Manifest.from_dict(parse_json(raw, path), where=str(path))
+
+
+def parse_json(raw: bytes, path) -> object:
+    """JSON from untrusted bytes: every failure (bad UTF-8, syntax, nesting, huge ints) → exit 4."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UnsafeInputError(f"{path}: not valid JSON ({exc})") from exc
-    return Manifest.from_dict(data, where=str(path))
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:   # JSONDecodeError is a ValueError
+        raise UnsafeInputError(f"{path}: not valid JSON ({type(exc).__name__}: {str(exc)[:200]})") from None
 
 
 def verify_checksums(artifact_dir: Path, manifest: Manifest) -> None:
     """Refuse (exit 4) when any listed file is missing, altered, or a listed path escapes the directory."""
-    from .paths import contained_file
-
     root = Path(artifact_dir)
     mf = manifest.model_file
     if not any(k == mf or k.startswith(mf.rstrip("/") + "/") for k in manifest.checksums):
         raise UnsafeInputError(f"{root}: model file {manifest.model_file} has no checksum in the manifest")
-    for rel, expected in manifest.checksums.items():
-        path = contained_file(root, rel)
-        actual = sha256_file(path)
+    verify_files(root, manifest.checksums)
+
+
+def verify_files(root: Path, checksums: dict) -> None:
+    """Hash every listed file through the path validator (O_NOFOLLOW walk); exit 4 on any mismatch."""
+    from .paths import open_contained
+
+    root = Path(root)
+    for rel, expected in checksums.items():
+        path = root / rel if isinstance(rel, str) else root
+        with open_contained(root, rel) as fh:
+            actual = sha256_fileobj(fh)
         if actual != expected:
             raise UnsafeInputError(
                 f"{path}: SHA-256 mismatch (manifest {expected[:16]}…, file {actual[:16]}…); "

@@ -1,52 +1,256 @@
-"""Cheap structural checks run before a model file is handed to a native runtime.
+"""Structural checks run before a model file is handed to a native runtime.
 
-Native parsers (flatbuffers, protobuf) can crash on crafted input; these checks reject
-truncated or foreign files with a clear message first. They do not replace the
-sandboxed child process (see docs/SECURITY.md) — they make the common cases readable.
+Native parsers (flatbuffers, protobuf) can crash on crafted input, and trust the sizes a file
+declares. These checks reject truncated, foreign or oversized files with a clear message
+(UnsafeInputError, exit 4) before any allocation a file asked for. They do not replace the
+sandboxed child process (see docs/SECURITY.md); they make the common cases readable and the
+allocation sizes bounded.
+
+Checked sizes live here, in one place: `checked_nbytes` multiplies a declared shape out against
+explicit caps (element count, bytes, rank) at every step, so a crafted shape cannot make pocketml
+or the runtime allocate more than the caps. ONNX tensors (`onnx_checks`) and TFLite tensors
+(`_tflite`, a minimal bounds-checked flatbuffer reader) both go through it.
 """
 from __future__ import annotations
 
+import json
+import os
 import struct
 from pathlib import Path
 
 from .errors import UnsafeInputError
+from .paths import check_range, contained_file, open_contained, open_regular
 
 MAX_MODEL_BYTES = 4 << 30
+MAX_TENSOR_ELEMENTS = 1 << 34          # 16 Gi elements
+MAX_TENSOR_BYTES = 8 << 30             # 8 GiB for one tensor
+MAX_TOTAL_TENSOR_BYTES = 32 << 30      # all tensors of a TFLite model together (the arena's upper bound)
+MAX_DIMS = 16
+MAX_PACKAGE_MANIFEST_BYTES = 1 << 20
 
 
-def _tflite(path: Path, data: bytes, size: int) -> None:
-    if size < 16 or data[4:8] not in (b"TFL3", b"TFL2"):
+def checked_nbytes(where: str, dims, elem_bytes: int, dynamic_ok: bool = False) -> int:
+    """Bytes of a tensor with shape `dims`, refusing negative dims, too many dims, and any element
+    count or byte size above the caps. `dynamic_ok` admits -1 (a dynamic dim, counted as 1)."""
+    if len(dims) > MAX_DIMS:
+        raise UnsafeInputError(f"{where}: {len(dims)} dimensions (cap {MAX_DIMS})")
+    n = 1
+    for d in dims:
+        if d < 0 and not (dynamic_ok and d == -1):
+            raise UnsafeInputError(f"{where}: negative dimension {d}")
+        n *= max(d, 1) if dynamic_ok else d
+        if n > MAX_TENSOR_ELEMENTS:
+            raise UnsafeInputError(f"{where}: more than {MAX_TENSOR_ELEMENTS} elements")
+    nbytes = n * elem_bytes
+    if nbytes > MAX_TENSOR_BYTES:
+        raise UnsafeInputError(f"{where}: {nbytes} bytes exceeds the {MAX_TENSOR_BYTES}-byte cap")
+    return nbytes
+
+
+# ------------------------------------------------------------------------------------------ TFLite
+
+# TensorType → bytes per element (schema.fbs). STRING/RESOURCE/VARIANT and unknown types are
+# counted at 16 bytes for the caps; packed INT4/INT2 at one byte (an upper bound).
+TFLITE_ELEM_BYTES = {0: 4, 1: 2, 2: 4, 3: 1, 4: 8, 5: 1, 6: 1, 7: 2, 8: 8, 9: 1, 10: 8, 11: 16, 12: 8,
+                     15: 4, 16: 2, 17: 1, 18: 2, 19: 1}
+
+
+class _FlatBuffer:
+    """Just enough of the flatbuffers wire format to walk a TFLite model with every offset and
+    length bounded by the file size, and the total work bounded by a budget proportional to it."""
+
+    def __init__(self, path: Path, buf, size: int):
+        self.path, self.buf, self.size = path, buf, size
+        self.budget = 4 * size + 4096
+
+    def fail(self, what: str):
+        raise UnsafeInputError(f"{self.path}: truncated or corrupt TFLite file: {what} "
+                               f"(file size {self.size})")
+
+    def spend(self, n: int = 1) -> None:
+        self.budget -= n
+        if self.budget < 0:
+            self.fail("structure references itself more often than its size allows")
+
+    def u8(self, pos: int) -> int:
+        if not 0 <= pos <= self.size - 1:
+            self.fail(f"byte at {pos} beyond the end")
+        return self.buf[pos]
+
+    def u16(self, pos: int) -> int:
+        if not 0 <= pos <= self.size - 2:
+            self.fail(f"16-bit field at {pos} beyond the end")
+        return struct.unpack_from("<H", self.buf, pos)[0]
+
+    def u32(self, pos: int) -> int:
+        if not 0 <= pos <= self.size - 4:
+            self.fail(f"32-bit field at {pos} beyond the end")
+        return struct.unpack_from("<I", self.buf, pos)[0]
+
+    def i32(self, pos: int) -> int:
+        if not 0 <= pos <= self.size - 4:
+            self.fail(f"32-bit field at {pos} beyond the end")
+        return struct.unpack_from("<i", self.buf, pos)[0]
+
+    def u64(self, pos: int) -> int:
+        if not 0 <= pos <= self.size - 8:
+            self.fail(f"64-bit field at {pos} beyond the end")
+        return struct.unpack_from("<Q", self.buf, pos)[0]
+
+    def deref(self, pos: int) -> int:
+        """Follow a uoffset at `pos`."""
+        target = pos + self.u32(pos)
+        if target >= self.size:
+            self.fail(f"offset at {pos} points to {target}, beyond the end")
+        return target
+
+    def table(self, pos: int) -> "_Table":
+        self.spend()
+        vt = pos - self.i32(pos)
+        vsize, tsize = self.u16(vt), self.u16(vt + 2)
+        if vsize < 4 or vsize % 2 or vt + vsize > self.size:
+            self.fail(f"vtable of table at {pos} has size {vsize}")
+        if tsize < 4 or pos + tsize > self.size:
+            self.fail(f"table at {pos} declares size {tsize}")
+        return _Table(self, pos, vt, vsize, tsize)
+
+    def vector(self, pos: int, elem: int) -> tuple[int, int]:
+        """(start, length) of the vector at `pos` with `elem`-byte elements, bounded by the file."""
+        n = self.u32(pos)
+        start = pos + 4
+        if n > (self.size - start) // elem:
+            self.fail(f"vector at {pos} declares {n} elements of {elem} bytes")
+        return start, n
+
+
+class _Table:
+    def __init__(self, fb: _FlatBuffer, pos: int, vt: int, vsize: int, tsize: int):
+        self.fb, self.pos, self.vt, self.vsize, self.tsize = fb, pos, vt, vsize, tsize
+
+    def field(self, i: int, width: int) -> int | None:
+        """Absolute position of field `i` (`width` bytes), or None when absent."""
+        slot = 4 + 2 * i
+        if slot + 2 > self.vsize:
+            return None
+        off = self.fb.u16(self.vt + slot)
+        if off == 0:
+            return None
+        if off + width > self.tsize:
+            self.fb.fail(f"field {i} of table at {self.pos} lies outside the table")
+        return self.pos + off
+
+    def scalar(self, i: int, fmt: str, default: int = 0) -> int:
+        width = struct.calcsize(fmt)
+        p = self.field(i, width)
+        return default if p is None else struct.unpack_from("<" + fmt, self.fb.buf, p)[0]
+
+    def vector(self, i: int, elem: int) -> tuple[int, int]:
+        p = self.field(i, 4)
+        return (0, 0) if p is None else self.fb.vector(self.fb.deref(p), elem)
+
+    def tables(self, i: int):
+        start, n = self.vector(i, 4)
+        for k in range(n):
+            yield k, self.fb.table(self.fb.deref(start + 4 * k))
+
+    def ints(self, i: int) -> list[int]:
+        start, n = self.vector(i, 4)
+        self.fb.spend(n)
+        return [self.fb.i32(start + 4 * k) for k in range(n)]
+
+
+def _tflite(path: Path, buf, size: int) -> None:
+    if size < 16 or buf[4:8] not in (b"TFL3", b"TFL2"):
         raise UnsafeInputError(f"{path}: not a TFLite flatbuffer (no 'TFL3' identifier at byte 4)")
-    (root,) = struct.unpack_from("<I", data, 0)
+    fb = _FlatBuffer(path, buf, size)
+    root = fb.u32(0)
     if root < 8 or root + 4 > size:
-        raise UnsafeInputError(f"{path}: truncated or corrupt TFLite file (root table offset {root} "
-                               f"beyond file size {size})")
+        fb.fail(f"root table offset {root}")
+    model = fb.table(root)
+    buffers = list(model.tables(4))
+    for k, b in buffers:
+        start, n = b.vector(0, 1)                      # inline data: bounded by vector()
+        offset, length = b.scalar(1, "Q"), b.scalar(2, "Q")
+        if offset > 1:                                 # data appended after the flatbuffer (>2 GB models)
+            try:
+                check_range(path, offset, length, size=size)
+            except UnsafeInputError:
+                fb.fail(f"buffer {k} points at bytes {offset}..{offset + length}")
+    n_codes = model.vector(1, 4)[1]
+    total = 0
+    for s, sub in model.tables(2):
+        tensors = list(sub.tables(0))
+        for t, tensor in tensors:
+            where = f"{path}: subgraph {s} tensor {t}"
+            shape = tensor.ints(0)
+            ttype = tensor.scalar(1, "b")
+            total += checked_nbytes(where, shape, TFLITE_ELEM_BYTES.get(ttype, 16), dynamic_ok=True)
+            if total > MAX_TOTAL_TENSOR_BYTES:
+                raise UnsafeInputError(f"{path}: tensors need more than {MAX_TOTAL_TENSOR_BYTES} bytes in all")
+            if len(tensor.ints(7)) not in (0, len(shape)):
+                fb.fail(f"subgraph {s} tensor {t}: shape_signature rank differs from shape rank")
+            buffer = tensor.scalar(2, "I")
+            if buffer >= max(len(buffers), 1):
+                fb.fail(f"subgraph {s} tensor {t} refers to buffer {buffer} of {len(buffers)}")
+        n_tensors = len(tensors)
+        for name, idx in (("inputs", 1), ("outputs", 2)):
+            bad = [i for i in sub.ints(idx) if not 0 <= i < n_tensors]
+            if bad:
+                fb.fail(f"subgraph {s} {name} refer to tensor {bad[0]} of {n_tensors}")
+        for o, op in sub.tables(3):
+            if op.scalar(0, "I") >= n_codes:
+                fb.fail(f"subgraph {s} operator {o} uses operator code {op.scalar(0, 'I')} of {n_codes}")
+            for idx in (1, 2):
+                bad = [i for i in op.ints(idx) if not -1 <= i < n_tensors]
+                if bad:
+                    fb.fail(f"subgraph {s} operator {o} refers to tensor {bad[0]} of {n_tensors}")
 
 
-def _onnx(path: Path, data: bytes, size: int) -> None:
+# -------------------------------------------------------------------------------------------- ONNX
+
+def _onnx(path: Path, buf, size: int) -> None:
     # An ONNX ModelProto starts with a protobuf field; field 1 (ir_version, varint) in practice.
-    if size < 8 or data[0] not in (0x08, 0x12, 0x1A, 0x22, 0x32, 0x3A, 0x42):
-        raise UnsafeInputError(f"{path}: not an ONNX protobuf (first byte 0x{data[:1].hex() or '00'})")
+    if size < 8 or buf[0] not in (0x08, 0x12, 0x1A, 0x22, 0x32, 0x3A, 0x42):
+        raise UnsafeInputError(f"{path}: not an ONNX protobuf (first byte 0x{buf[:1].hex() or '00'})")
     from .onnx_checks import check_onnx
-    check_onnx(path)
+    check_onnx(path, buf)
 
 
-def _coreml(path: Path, data: bytes, size: int) -> None:
-    pass  # .mlpackage is a directory; checked by coremltools on load
+# ---------------------------------------------------------------------------------------- Core ML
 
-
-CHECKS = {"tflite": _tflite, "onnx": _onnx, "coreml": _coreml}
+def _coreml(path: Path) -> None:
+    """An .mlpackage: Manifest.json's item paths are package members, each through the validator."""
+    if not path.is_dir():
+        return   # a flat .mlmodel protobuf: parsed by coremltools, only on macOS
+    with open_contained(path, "Manifest.json") as fh:
+        raw = fh.read(MAX_PACKAGE_MANIFEST_BYTES + 1)
+    if len(raw) > MAX_PACKAGE_MANIFEST_BYTES:
+        raise UnsafeInputError(f"{path}/Manifest.json: larger than {MAX_PACKAGE_MANIFEST_BYTES} bytes")
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
+        entries = manifest["itemInfoEntries"]
+        items = [e["path"] for e in entries.values()]
+        entries[manifest["rootModelIdentifier"]]
+    except (UnicodeDecodeError, ValueError, RecursionError, KeyError, TypeError, AttributeError) as exc:
+        raise UnsafeInputError(f"{path}/Manifest.json: not a Core ML package manifest "
+                               f"({type(exc).__name__})") from None
+    for item in items:
+        contained_file(path / "Data", item)
 
 
 def precheck_model_file(path: Path, fmt: str) -> None:
     path = Path(path)
-    if path.is_dir():
-        return CHECKS[fmt](path, b"", 0)
-    size = path.stat().st_size
-    if size == 0:
+    if fmt == "coreml":
+        return _coreml(path)
+    if fmt not in ("tflite", "onnx"):
+        raise UnsafeInputError(f"{path}: unknown model format {fmt!r}")
+    with open_regular(path) as fh:       # O_NOFOLLOW; the checks see the bytes the runtime will see
+        size = os.fstat(fh.fileno()).st_size
+        if size > MAX_MODEL_BYTES:
+            raise UnsafeInputError(f"{path}: {size} bytes exceeds the {MAX_MODEL_BYTES}-byte cap")
+        data = fh.read(size + 1)   # read, not mmap: a file truncated under us cannot SIGBUS
+    if len(data) > MAX_MODEL_BYTES:
+        raise UnsafeInputError(f"{path}: grew beyond the {MAX_MODEL_BYTES}-byte cap while being read")
+    if not data:
         raise UnsafeInputError(f"{path}: empty model file")
-    if size > MAX_MODEL_BYTES:
-        raise UnsafeInputError(f"{path}: {size} bytes exceeds the {MAX_MODEL_BYTES}-byte cap")
-    with open(path, "rb") as fh:
-        head = fh.read(64)
-    CHECKS[fmt](path, head, size)
+    (_tflite if fmt == "tflite" else _onnx)(path, data, len(data))

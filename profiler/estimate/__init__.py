@@ -24,7 +24,10 @@ NOTES = {
     "format": "calibrated on TFLite measurements; {fmt} on CPU is assumed to reach the same efficiency",
     "tied": "no calibration rows for {cats}; their efficiency is tied to fc / elementwise",
     "threads": "{asked} threads requested, the profile has {cores} cores",
+    "runtime": "no {fmt} CPU runtime is listed for this device (runtimes.available)",
 }
+# Artifact format -> the CPU runtime a device profile must list for the artifact to run there.
+CPU_RUNTIME = {"tflite": "litert-cpu-xnnpack", "onnx": "onnxruntime-cpu", "coreml": "coreml-cpu"}
 
 
 @lru_cache(maxsize=4)
@@ -50,12 +53,19 @@ def _notes(cost: GraphCost, dev: dict, profile: dict, fitted: dict, threads: int
         out.append(NOTES["fp16"])
     if cost.format != "tflite":
         out.append(NOTES["format"].format(fmt=cost.format))
-    tied = sorted({o.category for o in cost.live() if o.category in ("attention", "reshape", "other") and o.macs + o.bytes})
+    tied = sorted({o.category for o in cost.live()
+                   if o.category in ("attention", "reshape", "other") and o.macs + o.bytes})
     if tied:
         out.append(NOTES["tied"].format(cats=", ".join(tied)))
+    if not _runs_on(cost.format, profile):
+        out.append(NOTES["runtime"].format(fmt=cost.format))
     if threads > len(cores(profile)):
         out.append(NOTES["threads"].format(asked=threads, cores=len(cores(profile))))
     return out + list(cost.notes)
+
+
+def _runs_on(fmt: str, profile: dict) -> bool:
+    return CPU_RUNTIME.get(fmt) in profile.get("runtimes", {}).get("available", [])
 
 
 def _breakdown(cost: GraphCost, times) -> dict:
@@ -96,6 +106,7 @@ def estimate(artifact_path, device_profile_dict: dict, threads: int = 1, *, cost
             "compute_precision": sorted({dev["exec"][o.precision] for o in cost.live() if o.macs}) or ["fp32"],
             "latency_ms": round(ms, 3), "low_ms": round(ms * lo, 3), "high_ms": round(ms * hi, 3),
             "method": METHOD.format(device=name, pct=pct),
+            "runs_on_device": _runs_on(cost.format, device_profile_dict),
             "breakdown": _breakdown(cost, times),
             "totals": {**cost.totals(), "lead_core": f"{lead['arm_core']} @ {lead['max_clock_ghz']:g} GHz",
                        "core_family": core_family(lead)},

@@ -14,7 +14,6 @@ import argparse
 import csv
 import gzip
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -26,18 +25,20 @@ from .graph_cost import CATEGORIES
 DATA = Path(__file__).with_name("data")
 MEASUREMENTS, COSTS, FITTED = DATA / "measurements.csv", DATA / "costs.json.gz", DATA / "fitted.json"
 PRIOR_WEIGHT = 0.15           # residual weight of one parameter's log-distance from its prior
-BAND = (0.10, 0.90)           # quantiles of the LOO ratio measured/estimated that bound the band
+BAND = (0.10, 0.90)           # quantiles of out-of-sample measured/estimated that bound the band
 
 # name -> (prior, low, high). eff.<precision>.<category> are efficiencies of the roofline peak.
-PRIOR = {"par_eff": (0.85, 0.3, 1.0), "mem_eff": (0.3, 0.02, 1.0), "mem_par": (0.5, 0.01, 1.0),
-         "dispatch_us": (4.0, 0.2, 60.0), "sync_us": (4.0, 0.1, 60.0), "family.apple": (1.0, 0.3, 3.0),
-         "runtime.tflite-legacy": (1.4, 0.5, 3.0)}
+PRIOR = {"par_eff": (0.85, 0.3, 1.0), "par_exp": (1.0, 0.4, 1.0), "mem_eff": (0.3, 0.02, 1.0),
+         "mem_par": (0.5, 0.01, 1.0), "cache_bpc": (16.0, 1.0, 128.0), "dispatch_us": (4.0, 0.2, 60.0),
+         "sync_us": (4.0, 0.1, 60.0), "family.apple": (1.0, 0.3, 3.0), "runtime.tflite-2018": (1.4, 0.5, 3.0)}
 EFF_PRIOR = {"conv1x1": 0.7, "convkxk": 0.5, "depthwise": 0.3, "fc": 0.5, "elementwise": 0.5, "pooling": 0.5}
 for _p in ("fp32", "int8"):
     for _c, _v in EFF_PRIOR.items():
         PRIOR[f"eff.{_p}.{_c}"] = (_v * (0.6 if _p == "int8" else 1.0), 0.01, 1.5)
 # Categories / precisions the calibration set cannot inform: tied to a fitted one (documented).
-TIES = {"attention": "fc", "reshape": "elementwise", "other": "elementwise"}
+# reshape / other move data only: they take the fp32 elementwise efficiency at every precision.
+TIES = {"attention": "fc"}
+DATA_MOVES = ("reshape", "other")
 
 
 def load_rows(path: Path = MEASUREMENTS) -> list[dict]:
@@ -75,6 +76,8 @@ def to_params(vec: np.ndarray, names: list[str]) -> dict:
     for pr in ("fp32", "int8"):
         for cat, src in TIES.items():
             p["eff"][pr][cat] = p["eff"][pr][src]
+        for cat in DATA_MOVES:
+            p["eff"][pr][cat] = p["eff"]["fp32"]["elementwise"]
     p["eff"]["fp16"] = dict(p["eff"]["fp32"])       # no fp16 CPU measurements: fp16 = fp32 efficiency
     return p
 
@@ -92,8 +95,8 @@ class Problem:
 
     def predict(self, params, rows=None) -> np.ndarray:
         rows = self.rows if rows is None else rows
-        return np.array([latency_ms(self.costs[f"{r['model']}|{r['precision']}"], self.devs[(r["device"], r["threads"])],
-                                    params, r["runtime"]) for r in rows])
+        return np.array([latency_ms(self.costs[f"{r['model']}|{r['precision']}"],
+                                    self.devs[(r["device"], r["threads"])], params, r["runtime"]) for r in rows])
 
     def fit(self, rows) -> dict:
         from scipy.optimize import least_squares
@@ -108,9 +111,10 @@ class Problem:
         return to_params(sol.x, self.names)
 
 
-def spearman(a, b) -> float:
+def spearman(a, b) -> float | None:
+    """Rank correlation (no tie correction); None under 3 rows."""
     if len(a) < 3:
-        return float("nan")
+        return None
     ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
     return float(np.corrcoef(ra, rb)[0, 1])
 
@@ -118,8 +122,9 @@ def spearman(a, b) -> float:
 def metrics(meas, pred) -> dict:
     meas, pred = np.asarray(meas, float), np.asarray(pred, float)
     ape = np.abs(pred - meas) / meas
+    rho = spearman(meas, pred)
     return {"n": int(len(meas)), "median_ape": round(float(np.median(ape)), 4),
-            "within_25pct": round(float(np.mean(ape <= 0.25)), 4), "spearman": round(spearman(meas, pred), 4)}
+            "within_25pct": round(float(np.mean(ape <= 0.25)), 4), "spearman": rho if rho is None else round(rho, 4)}
 
 
 def by_device(rows, pred) -> dict:
@@ -138,13 +143,15 @@ def validate(prob: Problem, fit_rows, hold_rows, final) -> dict:
         idx = [i for i, r in enumerate(fit_rows) if r["device"] == dev]
         loo[idx] = prob.predict(prob.fit(train), [fit_rows[i] for i in idx])
     meas = np.array([r["latency_ms"] for r in fit_rows])
-    ratio = meas / loo
     hold = prob.predict(final, hold_rows) if hold_rows else np.array([])
+    # every out-of-sample prediction: fit rows left out with their device, and the hold-out rows
+    ratio = np.concatenate([meas / loo, np.array([r["latency_ms"] for r in hold_rows]) / hold])
     return {"fit_loo": {"overall": metrics(meas, loo), "per_device": by_device(fit_rows, loo)},
             "fit_in_sample": metrics(meas, prob.predict(final, fit_rows)),
             "holdout": {"overall": metrics([r["latency_ms"] for r in hold_rows], hold),
                         "per_device": by_device(hold_rows, hold)} if hold_rows else {},
-            "band": {"quantiles": list(BAND), "ratio_low": round(float(np.quantile(ratio, BAND[0])), 4),
+            "band": {"quantiles": list(BAND), "basis": "measured/estimated over LOO fit rows + hold-out rows",
+                     "n": int(len(ratio)), "ratio_low": round(float(np.quantile(ratio, BAND[0])), 4),
                      "ratio_high": round(float(np.quantile(ratio, BAND[1])), 4)},
             "rows": [{**{k: r[k] for k in ("model", "device", "threads", "precision", "latency_ms", "role")},
                       "estimate_ms": round(float(p), 2)} for r, p in

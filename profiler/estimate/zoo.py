@@ -173,27 +173,21 @@ def build(name: str):
 CACHE = "/tmp/pocketml-estimate-costs"
 
 
-def _tflite(name: str, precision: str, dst: str) -> None:
+def _tflite(name: str, dst: str) -> None:
     import litert_torch
     model, res = build(name)
     module = litert_torch.to_channel_last_io(model, args=[0]).eval()
-    args = (torch.rand(1, res, res, 3),)
-    if precision == "fp32":
-        litert_torch.convert(module, args).export(dst)
-        return
-    from litert_torch.quantize import pt2e_quantizer, quant_config
-    from torchao.quantization.pt2e import move_exported_model_to_eval
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-    quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
-        pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
-    prepared = prepare_pt2e(torch.export.export(module, args).module(), quantizer)
-    move_exported_model_to_eval(prepared)
-    with torch.no_grad():
-        for _ in range(2):
-            prepared(torch.rand(1, res, res, 3))
-    converted = convert_pt2e(prepared, fold_quantize=False)
-    move_exported_model_to_eval(converted)
-    litert_torch.convert(converted, args, quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer)).export(dst)
+    litert_torch.convert(module, (torch.rand(1, res, res, 3),)).export(dst)
+
+
+def int8_of(fp32: dict) -> dict:
+    """The int8 graph of a published fully-quantized model: the fp32 graph with every op int8 and
+    1-byte tensors. (A PT2E-quantized litert-torch export of the same torch module carries extra
+    TRANSPOSE / PAD / QUANTIZE ops and fp32 adds that the TF-converted published models do not.)"""
+    from .device_model import PRECISIONS
+    int8 = PRECISIONS.index("int8")
+    return {**fp32, "derived": "int8 from fp32 graph",
+            "ops": [[c, int8, m, f, b / 4.0] for c, _, m, f, b in fp32["ops"]]}
 
 
 def compact(cost) -> dict:
@@ -216,25 +210,25 @@ def build_costs(keys, only=None, shard=0, nshard=1) -> None:
     from .fit import COSTS
     from .graph_cost import graph_cost
     os.makedirs(CACHE, exist_ok=True)
-    todo = [k for k in keys if (only is None or k in only)][shard::nshard]
-    for key in todo:
-        path = os.path.join(CACHE, key.replace("|", "__") + ".json")
+    cached = lambda key: os.path.join(CACHE, key.replace("|", "__") + ".json")   # noqa: E731
+    names = sorted({k.split("|")[0] for k in keys if only is None or k in only})[shard::nshard]
+    for name in names:
+        path = cached(f"{name}|fp32")
         if os.path.exists(path) and only is None:
             continue
-        name, precision = key.split("|")
         with tempfile.TemporaryDirectory() as tmp:
-            dst = os.path.join(tmp, "m.tflite")
-            _tflite(name, precision, dst)
-            cost = compact(graph_cost(dst))
+            _tflite(name, os.path.join(tmp, "m.tflite"))
+            cost = compact(graph_cost(os.path.join(tmp, "m.tflite")))
         with open(path, "w", encoding="utf-8") as fh:
             json.dump(cost, fh)
-        print(f"{key}: {cost['macs'] / 1e6:.1f} MMACs, {len(cost['ops'])} ops", flush=True)
+        print(f"{name}: {cost['macs'] / 1e6:.1f} MMACs, {len(cost['ops'])} ops", flush=True)
     merged = {}
     for key in keys:
-        path = os.path.join(CACHE, key.replace("|", "__") + ".json")
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as fh:
-                merged[key] = json.load(fh)
+        name, precision = key.split("|")
+        if os.path.exists(cached(f"{name}|fp32")):
+            with open(cached(f"{name}|fp32"), encoding="utf-8") as fh:
+                fp32 = json.load(fh)
+            merged[key] = fp32 if precision == "fp32" else int8_of(fp32)
     with gzip.open(COSTS, "wt", encoding="utf-8") as fh:
         json.dump(merged, fh, separators=(",", ":"))
     print(f"{len(merged)}/{len(keys)} cost tables in {COSTS}")
