@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from pocketml.runtime.errors import PocketmlError, UnsupportedError
+from pocketml.runtime.versions import CONVERT_PACKAGES, check_versions
 
 from .quiet import quiet
 
@@ -83,6 +84,7 @@ def convert(model, formats, precisions, calib, task, seq_len, trust_remote_code,
     recipe = Recipe(model=model, formats=_csv(formats), precisions=_csv(precisions), calib=calib, task=task,
                     trust_remote_code=trust_remote_code, seq_len=seq_len, options={"reuse": not no_reuse})
     try:
+        check_versions(CONVERT_PACKAGES)
         click.echo(f"converting {model} → {', '.join(recipe.formats)} × {', '.join(recipe.precisions)} in {out_dir}")
         outcomes = run(recipe, Path(out_dir), log=click.echo)
     except PocketmlError as exc:
@@ -128,6 +130,7 @@ def profile(paths, device, data, threads, warmup, runs, max_latency, max_drop, m
     overrides = {"p90_latency_ms": _ms(max_latency), "max_accuracy_drop": _fraction(max_drop),
                  "max_size_mb": max_size, "max_memory_mb": max_memory}
     try:
+        check_versions()
         result = run_profile(list(paths), device, data, threads, warmup, runs, overrides)
     except PocketmlError as exc:
         _fail(exc)
@@ -245,6 +248,7 @@ def demo(out_dir, device, runs):
     out = Path(out_dir)
     failed = []
     try:
+        check_versions(CONVERT_PACKAGES)
         for model, sub in (("efficientnet-lite0", "effnet"), ("minilm-l6", "minilm")):
             click.echo(f"converting {model} → onnx, tflite, coreml × fp32, fp16, int8")
             outcomes = run(Recipe(model=model, formats=["onnx", "tflite", "coreml"],

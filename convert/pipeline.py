@@ -144,13 +144,15 @@ def validate_artifact(tmp: Path, manifest: Manifest, spec, refs, data, precision
     return validate.validate(session, spec, refs, data, precision)
 
 
-def artifact_key(spec: ModelSpec, recipe: Recipe, fmt: str, precision: str, calib: DataSet | None) -> str:
-    """Everything that determines an artifact's bytes: reuse a published one when this matches."""
+def artifact_key(spec: ModelSpec, recipe: Recipe, fmt: str, precision: str, calib: DataSet | None,
+                 data: DataSet) -> str:
+    """Everything that determines an artifact and its validation: reuse a published one when this matches."""
+    opts = {k: v for k, v in recipe.options.items() if k != "reuse"}
     h = hashlib.sha256(json.dumps([spec.source.get("sha256"), spec.name, fmt, precision, recipe.task,
-                                   recipe.seq_len, {k: v for k, v in recipe.options.items() if k != "reuse"},
-                                   tool_versions()], sort_keys=True).encode())
-    if calib is not None and precision == "int8":
-        for sample in calib.samples:
+                                   recipe.seq_len, opts, tool_versions()], sort_keys=True).encode())
+    sets = [data] + ([calib] if calib is not None and precision == "int8" else [])
+    for ds in sets:
+        for sample in ds.samples:
             for x in sample:
                 h.update(np.ascontiguousarray(x).tobytes())
     return h.hexdigest()
@@ -173,7 +175,7 @@ def reusable(path: Path, key: str) -> Manifest | None:
 def export_one(spec, recipe, fmt, precision, out_dir, cache, work, calib, data, refs) -> Outcome:
     t0 = time.perf_counter()
     name = f"{fmt}-{precision}"
-    key = artifact_key(spec, recipe, fmt, precision, calib)
+    key = artifact_key(spec, recipe, fmt, precision, calib, data)
     if recipe.options.get("reuse", True) and (old := reusable(out_dir / name, key)):
         return Outcome(name, out_dir / name, old, seconds=time.perf_counter() - t0, reused=True)
     exporter = exporters.get_exporter(fmt)

@@ -163,9 +163,9 @@ def verify_reference(ref_dir: str, verify_files) -> None:
 def main() -> int:
     args = json.loads(sys.argv[1])
     apply_limits(args.get("memory_mb"))
-    test_fault(args["artifact"])
     from pocketml.runtime.errors import PocketmlError
     try:
+        test_fault(args["artifact"])
         res = {"ok": True, **profile(args)}
     except PocketmlError as exc:
         res = {"ok": False, "error": exc.as_dict()}

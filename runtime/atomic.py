@@ -1,8 +1,17 @@
 """Atomic publishing: an artifact directory appears complete (with its manifest) or not at all.
 
 Work happens in a sibling temporary directory named `.<name>.tmp-<pid>-<rand>`; `publish`
-renames it into place. Stale temporaries from killed runs are removed on the next run, but
-only when the process that owned them is gone.
+renames it into place (replacing an older artifact with one atomic exchange where the OS has
+renameat2(RENAME_EXCHANGE)). Every temporary pocketml creates in an output directory — staging
+directories, the work directory, write probes, single files being written — carries the
+`.tmp-<pid>-` mark, so:
+
+- SIGINT (Ctrl-C) unwinds through `staging_dir`'s cleanup: nothing of this run is left;
+- SIGKILL leaves only marked temporaries, never a directory that looks like an artifact; the
+  next run removes them (`clean_stale`), but only once the process that owned them is gone;
+- a full or read-only disk (ENOSPC, EDQUOT, EROFS, EACCES/EPERM on write) raised anywhere inside
+  a staging block — even wrapped by a converter in another error — becomes EnvironmentMissing
+  (exit 7) after the temporaries are removed.
 """
 from __future__ import annotations
 
@@ -16,6 +25,24 @@ from pathlib import Path
 from .errors import EnvironmentMissing, UsageError
 
 TMP_MARK = ".tmp-"
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+
+
+def disk_error(exc: BaseException) -> OSError | None:
+    """The OSError meaning "this disk cannot take the output", if `exc` is or wraps one."""
+    for _ in range(16):      # explicit causes only (`raise X from oserror`), as converters wrap errors
+        if exc is None:
+            break
+        if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
+            return exc
+        exc = exc.__cause__
+    return None
+
+
+def _disk_failure(where: Path, err: OSError) -> EnvironmentMissing:
+    code = errno.errorcode.get(err.errno, err.errno)
+    return EnvironmentMissing(f"cannot write {where}: {err.strerror or err} ({code}); free some space or "
+                              "choose a writable output directory", path=str(where), errno=code)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -34,26 +61,33 @@ def clean_stale(parent: Path) -> list[Path]:
     if not parent.is_dir():
         return removed
     for p in parent.iterdir():
-        if not (p.name.startswith(".") and TMP_MARK in p.name) or p.is_symlink():
+        if not (p.name.startswith(".") and TMP_MARK in p.name):
             continue
         try:
             pid = int(p.name.split(TMP_MARK, 1)[1].split("-", 1)[0])
         except ValueError:
             continue
-        if not _pid_alive(pid):
+        if pid <= 0 or _pid_alive(pid):
+            continue
+        if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)
-            removed.append(p)
+        else:
+            with contextlib.suppress(OSError):
+                p.unlink()
+        removed.append(p)
     return removed
 
 
 def ensure_writable_dir(path: Path) -> Path:
     """Create `path` (and parents). Exit 7 when the disk or permissions refuse."""
+    probe = path / f".write-probe{TMP_MARK}{os.getpid()}-{secrets.token_hex(3)}"
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-probe-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
+        with contextlib.suppress(OSError):
+            probe.unlink()
         raise EnvironmentMissing(f"output directory {path} is not writable: {exc.strerror}", path=str(path)) from exc
     return path
 
@@ -74,7 +108,12 @@ def staging_dir(final: Path):
         raise EnvironmentMissing(f"cannot create {tmp}: {exc.strerror}") from exc
     try:
         yield tmp
-    finally:
+    except Exception as exc:
+        err = disk_error(exc)
+        if err is not None and not isinstance(exc, EnvironmentMissing):
+            raise _disk_failure(final, err) from exc
+        raise
+    finally:   # also on KeyboardInterrupt (SIGINT) and SystemExit
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -84,28 +123,52 @@ def publish(tmp: Path, final: Path, replace: bool = True) -> Path:
     final = Path(final)
     if final.is_symlink():
         raise UsageError(f"refusing to publish over a symlink: {final}")
-    if final.exists():
-        if not replace:
-            raise UsageError(f"{final} exists")
-        if final.is_dir() and not (final / "manifest.json").exists():
-            raise UsageError(f"{final} exists and is not a pocketml artifact (no manifest.json); "
-                             "refusing to overwrite it")
-        old = final.parent / f".{final.name}{TMP_MARK}{os.getpid()}-old-{secrets.token_hex(3)}"
-        os.replace(final, old)
-        try:
-            os.replace(tmp, final)
-        except OSError:
-            os.replace(old, final)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-        return final
     try:
+        if final.exists():
+            if not replace:
+                raise UsageError(f"{final} exists")
+            if final.is_dir() and not (final / "manifest.json").exists():
+                raise UsageError(f"{final} exists and is not a pocketml artifact (no manifest.json); "
+                                 "refusing to overwrite it")
+            if _exchange(tmp, final):       # one atomic step: `final` is never missing
+                shutil.rmtree(tmp, ignore_errors=True)
+                return final
+            old = final.parent / f".{final.name}{TMP_MARK}{os.getpid()}-old-{secrets.token_hex(3)}"
+            os.replace(final, old)
+            try:
+                os.replace(tmp, final)
+            except BaseException:
+                os.replace(old, final)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+            return final
         os.replace(tmp, final)
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES):
-            raise EnvironmentMissing(f"cannot publish {final}: {exc.strerror}") from exc
+        if exc.errno in DISK_ERRNOS:
+            raise _disk_failure(final, exc) from exc
         raise
     return final
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two directories (Linux renameat2 RENAME_EXCHANGE). False where unsupported."""
+    import sys
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
 
 
 def write_file_atomic(path: Path, data: bytes) -> Path:
@@ -113,7 +176,7 @@ def write_file_atomic(path: Path, data: bytes) -> Path:
     path = Path(path)
     tmp = path.parent / f".{path.name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(3)}"
     try:
-        with open(tmp, "wb") as fh:
+        with open(tmp, "xb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
@@ -121,4 +184,7 @@ def write_file_atomic(path: Path, data: bytes) -> Path:
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise EnvironmentMissing(f"cannot write {path}: {exc.strerror}") from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path

@@ -83,6 +83,9 @@ class Manifest:
         bad = [k for k, v in d["checksums"].items() if not (isinstance(v, str) and _is_sha256(v))]
         if bad:
             raise UnsafeInputError(f"{where}: checksum of {bad[0]!r} is not a SHA-256 hex digest")
+        from .paths import reference_parts     # every file reference, lexically, before any is followed
+        for ref in [d["model_file"], *d["checksums"], *(d.get(k) for k in ("tokenizer", "labels") if d.get(k))]:
+            reference_parts(where, ref)
         kw = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
         kw["inputs"] = [TensorSpec.from_dict(t, f"{where}: inputs[{i}]") for i, t in enumerate(d["inputs"])]
         kw["outputs"] = [TensorSpec.from_dict(t, f"{where}: outputs[{i}]") for i, t in enumerate(d["outputs"])]

@@ -90,8 +90,11 @@ def check_external(model_path: Path, where: str, tensor, nbytes: int | None = No
     location = entries.get("location")
     if not location:
         raise UnsafeInputError(f"{model_path}: {where} is external but names no location")
-    with open_contained(model_path.parent, location) as fh:
-        size = os.fstat(fh.fileno()).st_size
+    try:
+        with open_contained(model_path.parent, location) as fh:
+            size = os.fstat(fh.fileno()).st_size
+    except UnsafeInputError as exc:
+        raise UnsafeInputError(f"{model_path}: {where}: external data refused: {exc}", location=location) from None
     path = model_path.parent / location
     try:
         offset = _int(entries.get("offset", "0"))

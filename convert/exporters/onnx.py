@@ -13,6 +13,7 @@ from .errors import unsupported
 
 FORMAT = "onnx"
 OPSET = 18
+PERCENTILE = 99.999
 
 
 def _fp32(spec, cache: dict, work: Path) -> Path:
@@ -62,11 +63,37 @@ class _Reader:
         return next(self._it, None)
 
 
+CALIBRATION = f"percentile {PERCENTILE}"
+
+
+def _static_int8(spec, calib, pre: Path, dst: Path, work: Path) -> list[str]:
+    """QDQ, per-channel int8 weights, uint8 activations, percentile calibration, bias correction,
+    float stem (see cnn_int8.py for why each)."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from . import cnn_int8
+
+    single_image = len(spec.inputs) == 1 and spec.inputs[0].get("layout") == "NCHW"
+    keep = cnn_int8.onnx_leading_convs(onnx.load(str(pre), load_external_data=False)) if single_image else []
+    src = pre
+    if single_image:
+        src = work / "onnx-int8-bias-corrected.onnx"
+        cnn_int8.onnx_bias_correct(str(pre), str(src), [s[0] for s in calib.samples], spec.inputs[0]["name"],
+                                   skip=keep)
+    quantize_static(str(src), str(dst), _Reader([i["name"] for i in spec.inputs], calib.samples),
+                    quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8, nodes_to_exclude=keep,
+                    calibrate_method=CalibrationMethod.Percentile,
+                    extra_options={"ActivationSymmetric": False, "CalibPercentile": PERCENTILE})
+    return keep
+
+
 def export(spec, precision: str, out_dir: Path, cache: dict, work: Path, calib=None, options=None) -> ExportResult:
     base = _fp32(spec, cache, work)
     dst = out_dir / "model.onnx"
     method = method_for(FORMAT, precision, spec.family)
-    notes = []
+    notes, float_layers = [], []
     if precision == "fp32":
         shutil.copyfile(base, dst)
     elif precision == "fp16":
@@ -87,14 +114,13 @@ def export(spec, precision: str, out_dir: Path, cache: dict, work: Path, calib=N
         if "static" in method:
             if not calib:
                 raise UsageError(f"{spec.name}: static int8 needs calibration data (--calib DIR)")
-            quantize_static(str(pre), str(dst), _Reader([i["name"] for i in spec.inputs], calib.samples),
-                            quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
-                            weight_type=QuantType.QInt8, extra_options={"ActivationSymmetric": False})
+            float_layers = _static_int8(spec, calib, pre, dst, work)
         else:
             quantize_dynamic(str(pre), str(dst), per_channel=True, weight_type=QuantType.QInt8)
     ins, outs = _io(dst, spec)
     quant = {"method": method}
     if calib and precision == "int8" and "static" in method:
-        quant["calibration"] = {"samples": len(calib), "source": calib.source, "observer": "min-max"}
+        quant["calibration"] = {"samples": len(calib), "source": calib.source, "observer": CALIBRATION,
+                                "bias_correction": True, "float_layers": float_layers}
     return ExportResult("model.onnx", ins, outs, quant, notes,
                         {"onnxruntime": {"providers": ["CPUExecutionProvider"], "graph_optimization": "ORT_ENABLE_ALL"}})

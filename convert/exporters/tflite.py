@@ -73,18 +73,25 @@ def _aeq(base: Path, dst: Path, kind: str) -> None:
     q.quantize(enable_progress_report=False, enable_progress_bar=False).export_model(str(dst), overwrite=True)
 
 
-def _static_int8(spec, calib, dst: Path) -> None:
+def _static_int8(spec, calib, dst: Path) -> int:
+    """PT2E static int8 with the CNN recipe of cnn_int8.py. Returns how many leading convs stay float."""
     import torch
 
     import litert_torch
-    from litert_torch.quantize import pt2e_quantizer, quant_config
+    from litert_torch.quantize import quant_config
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    module, args = _module_and_args(spec)
-    quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
-        pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
+    from . import cnn_int8
+
+    image = _channel_last(spec)
+    float_leading = cnn_int8.FLOAT_LEADING_CONVS if image else 0
     try:
+        source = cnn_int8.torch_prepare(spec.module, [s[0] for s in calib.samples], float_leading) \
+            if image else spec.module
+        module = litert_torch.to_channel_last_io(source, args=[0]).eval() if image else source
+        args = _module_and_args(spec)[1]
+        quantizer = cnn_int8.make_pt2e_quantizer(float_leading)
         graph = torch.export.export(module, args).module()
         prepared = prepare_pt2e(graph, quantizer)
         move_exported_model_to_eval(prepared)
@@ -97,6 +104,7 @@ def _static_int8(spec, calib, dst: Path) -> None:
                              quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer)).export(str(dst))
     except Exception as exc:
         raise unsupported(exc, FORMAT, spec.name) from exc
+    return float_leading
 
 
 def _io(path: Path, spec) -> tuple[list[dict], list[dict]]:
@@ -126,7 +134,7 @@ def export(spec, precision: str, out_dir: Path, cache: dict, work: Path, calib=N
     if precision == "int8" and "static" in method:
         if not calib:
             raise UsageError(f"{spec.name}: static int8 needs calibration data (--calib DIR)")
-        _static_int8(spec, calib, dst)
+        float_leading = _static_int8(spec, calib, dst)
     else:
         base = _fp32(spec, cache, work)
         if precision == "fp32":
@@ -136,7 +144,9 @@ def export(spec, precision: str, out_dir: Path, cache: dict, work: Path, calib=N
     ins, outs = _io(dst, spec)
     quant = {"method": method}
     if precision == "int8" and "static" in method:
-        quant["calibration"] = {"samples": len(calib), "source": calib.source, "observer": "min-max (PT2E)"}
+        quant["calibration"] = {"samples": len(calib), "source": calib.source,
+                                "observer": "histogram activations, per-channel min-max weights (PT2E)",
+                                "bias_correction": float_leading > 0, "float_leading_convs": float_leading}
     notes = ["input is NHWC (channels last): the phone feeds camera frames without a transpose"] if _channel_last(spec) else []
     return ExportResult("model.tflite", ins, outs, quant, notes,
                         {"litert": {"delegate": "XNNPACK (default CPU)", "num_threads": "profiled value"}})
