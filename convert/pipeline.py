@@ -32,6 +32,7 @@ class Recipe:
     trust_remote_code: bool = False
     seq_len: int = 128
     options: dict = field(default_factory=dict)
+    steps: list[dict] = field(default_factory=list)   # compression steps before export (convert/compress)
 
     def check(self) -> None:
         bad_f = [f for f in self.formats if f not in FORMATS]
@@ -199,6 +200,9 @@ def run(recipe: Recipe, out_dir: Path, log=print, spec: ModelSpec | None = None)
     from .sources import load_model
     spec = spec or load_model(recipe.model, recipe.task, recipe.trust_remote_code, recipe.seq_len)
     calib = calibration_set(recipe, spec) if "int8" in recipe.precisions else None
+    if recipe.steps:
+        from .compress import apply_steps
+        spec = apply_steps(spec, recipe, calib, log)   # returns a spec whose module is the compressed student
     data = spec.eval or calib or DataSet([spec.example()], "the model's example input")
     refs = reference_outputs(spec, data)
     write_reference(out_dir, spec, data, refs)

@@ -153,6 +153,17 @@ class _Table:
         for k in range(n):
             yield k, self.fb.table(self.fb.deref(start + 4 * k))
 
+    def string(self, i: int) -> str | None:
+        p = self.field(i, 4)
+        if p is None:
+            return None
+        start, n = self.fb.vector(self.fb.deref(p), 1)
+        self.fb.spend(n // 64 + 1)
+        try:
+            return bytes(self.fb.buf[start:start + n]).decode("utf-8")
+        except UnicodeDecodeError:
+            self.fb.fail(f"string at {start} is not UTF-8")
+
     def ints(self, i: int) -> list[int]:
         start, n = self.vector(i, 4)
         self.fb.spend(n)
@@ -176,6 +187,7 @@ def _tflite(path: Path, buf, size: int) -> None:
                 check_range(path, offset, length, size=size)
             except UnsafeInputError:
                 fb.fail(f"buffer {k} points at bytes {offset}..{offset + length}")
+    _external_buffers(fb, model, path)
     n_codes = model.vector(1, 4)[1]
     total = 0
     for s, sub in model.tables(2):
@@ -204,6 +216,32 @@ def _tflite(path: Path, buf, size: int) -> None:
                 bad = [i for i in op.ints(idx) if not -1 <= i < n_tensors]
                 if bad:
                     fb.fail(f"subgraph {s} operator {o} refers to tensor {bad[0]} of {n_tensors}")
+
+
+def _external_buffers(fb: _FlatBuffer, model: _Table, path: Path) -> None:
+    """Model.external_buffer_groups name files beside the model (weights kept outside the flatbuffer):
+    file references like ONNX external data, so each goes through the path validator, and every
+    external buffer's (offset, length) is bounded by its group file's real size."""
+    sizes = []
+    for g, group in model.tables(8):
+        name = group.string(0)
+        if not name:
+            fb.fail(f"external buffer group {g} has no file name")
+        try:
+            with open_contained(path.parent, name) as fh:
+                sizes.append(os.fstat(fh.fileno()).st_size)
+        except UnsafeInputError as exc:
+            raise UnsafeInputError(f"{path}: external buffer group {g}: {exc}", location=name) from None
+    for b, ext in model.tables(9):
+        group = ext.scalar(1, "I")
+        if group >= len(sizes):
+            fb.fail(f"external buffer {b} refers to group {group} of {len(sizes)}")
+        offset, length = ext.scalar(2, "Q"), ext.scalar(3, "Q")
+        try:
+            check_range(path.parent / "?", offset, length, size=sizes[group])
+        except UnsafeInputError:
+            raise UnsafeInputError(f"{path}: external buffer {b}: bytes {offset}..{offset + length} lie beyond "
+                                   f"its group file ({sizes[group]} bytes)") from None
 
 
 # -------------------------------------------------------------------------------------------- ONNX
