@@ -200,12 +200,13 @@ def run(recipe: Recipe, out_dir: Path, log=print, spec: ModelSpec | None = None)
     from .sources import load_model
     spec = spec or load_model(recipe.model, recipe.task, recipe.trust_remote_code, recipe.seq_len)
     calib = calibration_set(recipe, spec) if "int8" in recipe.precisions else None
-    if recipe.steps:
-        from .compress import apply_steps
-        spec = apply_steps(spec, recipe, calib, log)   # returns a spec whose module is the compressed student
     data = spec.eval or calib or DataSet([spec.example()], "the model's example input")
     refs = reference_outputs(spec, data)
-    write_reference(out_dir, spec, data, refs)
+    write_reference(out_dir, spec, data, refs)     # the profiler's accuracy is always against the original model
+    if recipe.steps:
+        from .compress import apply_steps
+        spec = apply_steps(spec, recipe, calib, log)   # a spec whose module is the compressed student
+        refs = reference_outputs(spec, data)           # conversion is validated against the student
     outcomes, cache = [], {}
     work = out_dir / f".work{TMP_MARK}{__import__('os').getpid()}-convert"
     work.mkdir(exist_ok=True)
