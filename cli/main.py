@@ -65,8 +65,14 @@ def cli(verbose: bool) -> None:
 @click.option("--seq-len", default=128, show_default=True, help="Sequence length for text models.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow a Hugging Face model's own Python code to run.")
 @click.option("--no-reuse", is_flag=True, help="Rebuild artifacts even when an identical one is already published.")
+@click.option("--recipe", "recipe_file", type=click.Path(), help="Compression recipe (TOML [[steps]]), see docs/COMPRESSION.md.")
+@click.option("--prune", "prune", help="Prune before export: channels=0.3[,importance=l1|l2|taylor|random][,global] "
+              "(CNNs) or heads=0.5,ffn=0.5 (transformers).")
+@click.option("--drop-layers", "drop_layers", help="Keep only these encoder layers: keep=0,2,4.")
+@click.option("--distill", "distill", help="Distill the compressed model from the original: [data=DIR][,epochs=N].")
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(), help="Output directory.")
-def convert(model, formats, precisions, calib, task, seq_len, trust_remote_code, no_reuse, out_dir):
+def convert(model, formats, precisions, calib, task, seq_len, trust_remote_code, no_reuse, recipe_file, prune,
+            drop_layers, distill, out_dir):
     """Convert MODEL into validated artifacts, one directory per format × precision.
 
     \b
@@ -78,12 +84,15 @@ def convert(model, formats, precisions, calib, task, seq_len, trust_remote_code,
       pocketml convert efficientnet-lite0 --to onnx,tflite,coreml --precision fp32,fp16,int8 -o out/effnet
       pocketml convert ./my_hf_model_dir --task feature-extraction --to onnx,tflite -o out/minilm
       pocketml convert mypkg.models:build --to tflite --precision int8 --calib ./images -o out/mine
+      pocketml convert minilm-l6 --recipe recipes/minilm-phone.toml --to onnx -o out/minilm-small
+      pocketml convert efficientnet-lite0 --prune channels=0.3 --distill epochs=5 --to tflite -o out/eff
     """
     from pocketml.convert import Recipe, run
 
     recipe = Recipe(model=model, formats=_csv(formats), precisions=_csv(precisions), calib=calib, task=task,
                     trust_remote_code=trust_remote_code, seq_len=seq_len, options={"reuse": not no_reuse})
     try:
+        recipe.steps = _compression_steps(recipe_file, prune, drop_layers, distill)
         check_versions(CONVERT_PACKAGES)
         click.echo(f"converting {model} → {', '.join(recipe.formats)} × {', '.join(recipe.precisions)} in {out_dir}")
         outcomes = run(recipe, Path(out_dir), log=click.echo)
@@ -99,6 +108,16 @@ def convert(model, formats, precisions, calib, task, seq_len, trust_remote_code,
                     fg="red", err=True)
         sys.exit(worst.exit_code)
     click.echo(f"{len(outcomes)} artifacts published in {out_dir}")
+
+
+def _compression_steps(recipe_file, prune, drop_layers, distill) -> list[dict]:
+    """--recipe FILE steps, then the shorthands in the order prune → drop-layers → distill. Torch-free."""
+    from pocketml.convert.compress.recipe import load_recipe, parse_shorthand
+    steps = load_recipe(recipe_file) if recipe_file else []
+    for option, text in (("prune", prune), ("drop-layers", drop_layers), ("distill", distill)):
+        if text is not None:
+            steps.append(parse_shorthand(option, text))
+    return steps
 
 
 @cli.command()

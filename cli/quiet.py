@@ -13,6 +13,8 @@ def quiet(verbose: bool) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("GLOG_minloglevel", "3")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TQDM_DISABLE", "1")          # coremltools / ai-edge-quantizer progress bars
+    os.environ["POCKETML_QUIET"] = "1"
     os.environ.setdefault("HF_HUB_OFFLINE", "1") if os.environ.get("POCKETML_OFFLINE", "1") == "1" else None
     warnings.filterwarnings("ignore")
     for name in ("coremltools", "torch", "torch.onnx", "onnxscript", "root", "absl", "torchao", "transformers"):

@@ -193,8 +193,19 @@ def export_one(spec, recipe, fmt, precision, out_dir, cache, work, calib, data, 
     return Outcome(name, path, manifest, seconds=time.perf_counter() - t0)
 
 
+def quiet_torch() -> None:
+    """torch re-configures its loggers on import; silence them again when the CLI asked for quiet."""
+    import logging
+    import os
+    if os.environ.get("POCKETML_QUIET") == "1":
+        import torch  # noqa: F401
+        for name in ("torch", "torch.onnx", "torch.export", "torch.utils._pytree", "torch._dynamo"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def run(recipe: Recipe, out_dir: Path, log=print, spec: ModelSpec | None = None) -> list[Outcome]:
     recipe.check()
+    quiet_torch()
     check_extras(recipe.formats)
     out_dir = ensure_writable_dir(Path(out_dir))
     from .sources import load_model
@@ -205,7 +216,7 @@ def run(recipe: Recipe, out_dir: Path, log=print, spec: ModelSpec | None = None)
     write_reference(out_dir, spec, data, refs)     # the profiler's accuracy is always against the original model
     if recipe.steps:
         from .compress import apply_steps
-        spec = apply_steps(spec, recipe, calib, log)   # a spec whose module is the compressed student
+        spec = apply_steps(spec, recipe, calib, log, out_dir=out_dir)   # a spec whose module is the compressed student
         refs = reference_outputs(spec, data)           # conversion is validated against the student
     outcomes, cache = [], {}
     work = out_dir / f".work{TMP_MARK}{__import__('os').getpid()}-convert"

@@ -9,6 +9,7 @@ from pathlib import Path
 from pocketml.runtime.errors import UsageError
 
 NUM = (int, float)
+MAX_PROFILE_BYTES = 1 << 20
 # dotted field -> accepted types. Every cluster is checked against CLUSTER.
 REQUIRED = {
     "schema": int, "name": str, "display_name": str, "vendor": str, "os": str, "year": int, "tier": str,
@@ -44,7 +45,12 @@ def check(profile: dict, where: str) -> dict:
         if not isinstance(value, types) or isinstance(value, bool) and types is not bool:
             raise UsageError(f"{where}: field '{field}' is {type(value).__name__} {value!r}, "
                              f"expected {getattr(types, '__name__', 'number')}", field=field)
+        if types is NUM and (value != value or value in (float("inf"), float("-inf"))):
+            raise UsageError(f"{where}: field '{field}' is {value!r}, expected a finite number", field=field)
     for i, cluster in enumerate(profile["cpu"]["clusters"]):
+        if not isinstance(cluster, dict):
+            raise UsageError(f"{where}: field 'cpu.clusters[{i}]' is {type(cluster).__name__}, expected a table",
+                             field="cpu.clusters")
         for field, types in CLUSTER.items():
             if field not in cluster:
                 raise UsageError(f"{where}: missing field 'cpu.clusters[{i}].{field}'", field=field)
@@ -66,10 +72,12 @@ def load(name_or_path: str) -> dict:
             hint = f" Did you mean {', '.join(close)}?" if close else ""
             raise UsageError(f"unknown device profile {name_or_path!r}.{hint} "
                              f"`pocketml devices` lists them: {', '.join(available())}")
+    if path.stat().st_size > MAX_PROFILE_BYTES:
+        raise UsageError(f"{path}: larger than {MAX_PROFILE_BYTES} bytes; not a device profile")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: not valid TOML ({exc})") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise UsageError(f"{path}: not valid TOML ({type(exc).__name__}: {str(exc)[:200]})") from None
     return check(data, str(path))
 
 

@@ -81,6 +81,8 @@ def checked_size(where: str, dims, data_type: int) -> int:
 def check_external(model_path: Path, where: str, tensor, nbytes: int | None = None) -> None:
     entries = {}
     for e in tensor.external_data:
+        if not (isinstance(e.key, str) and isinstance(e.value, str)):   # protobuf hands back bytes for bad UTF-8
+            raise UnsafeInputError(f"{model_path}: {where} has an external-data entry that is not UTF-8 text")
         if e.key in entries:
             raise UnsafeInputError(f"{model_path}: {where} repeats external-data key {e.key!r}")
         entries[e.key] = e.value

@@ -43,3 +43,57 @@ class _Det(nn.Module):
 def det_model():
     torch.manual_seed(2)
     return _Det().eval(), torch.randn(1, 4, 4)
+
+
+# ---------------------------------------------------------------------------- digits (compression tests)
+
+DIGITS_SHAPE = (1, 1, 8, 8)
+DIGITS_TRAIN = 1200          # first 1200 digits: teacher training, distillation, calibration; the rest held out
+
+
+def digits_data():
+    """scikit-learn digits as float32 NCHW (1×8×8, pixels/16) and int labels: (x_train, y_train, x_test, y_test)."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    x = (d.images.astype(np.float32) / 16.0)[:, None]
+    y = d.target.astype(np.int64)
+    perm = np.random.default_rng(0).permutation(len(x))
+    x, y = x[perm], y[perm]
+    return x[:DIGITS_TRAIN], y[:DIGITS_TRAIN], x[DIGITS_TRAIN:], y[DIGITS_TRAIN:]
+
+
+_DIGITS_TEACHER = {}
+
+
+def digits_cnn():
+    """A small CNN teacher trained on digits in a few seconds (seeded, cached per process)."""
+    if "model" not in _DIGITS_TEACHER:
+        torch.manual_seed(0)
+        model = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+        x, y, _, _ = digits_data()
+        x, y = torch.from_numpy(x), torch.from_numpy(y)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)     # a tiny model: one thread is fastest, and kind to shared CPUs
+        epochs, bs = 8, 32
+        opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=5e-3, total_steps=epochs * ((len(x) + bs - 1) // bs))
+        g = torch.Generator().manual_seed(0)
+        model.train()
+        for _ in range(epochs):
+            perm = torch.randperm(len(x), generator=g)
+            for i in range(0, len(x), bs):
+                idx = perm[i:i + bs]
+                loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+        torch.set_num_threads(threads)
+        _DIGITS_TEACHER["model"] = model.eval()
+    import copy
+    return copy.deepcopy(_DIGITS_TEACHER["model"]), torch.zeros(*DIGITS_SHAPE)

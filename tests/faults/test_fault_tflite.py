@@ -83,3 +83,38 @@ def test_hostile_flatbuffer_is_refused_before_litert(cnn_out, tmp_path, damage):
     assert row["error"]["exit_code"] == 4 and "LiteRT" not in row["error"]["message"]
     assert_no_partial(reports)
     assert not [p for p in art.parent.rglob("*") if ".tmp-" in p.name]
+
+
+# ------------------------------------------------- TFLite external buffer groups are file references
+
+def _tiny_tflite_artifact(root, group: str | None, extra=None):
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fuzz"))
+    from fuzzkit import tiny_tflite
+    from faultkit import write_artifact, write_reference
+    write_reference(root)
+    return write_artifact(root / "tflite-fp32", tiny_tflite(group), fmt="tflite", extra=extra)
+
+
+def test_control_contained_external_buffer_group_loads(tmp_path):
+    import numpy as np
+
+    import pocketml.runtime as rt
+    art = _tiny_tflite_artifact(tmp_path / "arts", "w.bin", extra={"w.bin": b"\0" * 16})
+    y = rt.load(art).run(np.zeros((1, 4), np.float32))["y"]
+    assert y.tolist() == [[1, 2, 3, 4]]
+
+
+@pytest.mark.parametrize("group, reason", [("../../etc/passwd", "leaves the artifact directory"),
+                                           ("/etc/passwd", "is absolute"),
+                                           ("missing.bin", "does not exist")])
+def test_external_buffer_group_outside_the_artifact(tmp_path, group, reason):
+    art = _tiny_tflite_artifact(tmp_path / "arts", group)
+    reports = tmp_path / "reports"
+    r = run_cli("profile", art, "--runs", "2", "--warmup", "0", "-o", reports)
+    assert r.exit_code == 4, r.output
+    text = one_line(r.output)
+    assert f"{art.resolve() / 'model.tflite'}: external buffer group 0: " in text and repr(group) in text
+    assert reason in text
+    assert_no_partial(reports)

@@ -1,0 +1,29 @@
+"""Compression before export: prune, layer_drop, distill (issue 3). See docs/COMPRESSION.md.
+
+`apply_steps(spec, recipe, calib, log)` runs `recipe.steps` in order and returns a NEW ModelSpec whose
+module is the compressed student; the input spec (the original model) is left untouched and stays the
+accuracy reference. Every step's report lands in `spec.source["compression"]` (→ the manifest).
+Quantization and export are not steps: they stay with --precision / --to.
+"""
+from __future__ import annotations
+
+from .recipe import STEP_KINDS, load_recipe, parse_shorthand, parse_step, parse_steps  # noqa: F401
+
+
+def make_step(kind: str, cfg):
+    from .distill import Distill
+    from .layerdrop import LayerDrop
+    from .prune import Prune
+    return {"prune": Prune, "layer_drop": LayerDrop, "distill": Distill}[kind](cfg)
+
+
+def apply_steps(spec, recipe, calib=None, log=print, out_dir=None):
+    """Run the recipe's steps; returns the student spec (a copy). `recipe` may also be a list of step dicts."""
+    from .report import Context, run_step
+    raw = recipe if isinstance(recipe, list) else recipe.steps
+    steps = [make_step(k, c) for k, c in parse_steps(raw)]
+    ctx = Context.build(spec, calib, out_dir, log)
+    log(f"compressing {spec.name}: {', '.join(s.kind for s in steps)}")
+    for step in steps:
+        spec = run_step(step, spec, ctx)
+    return spec

@@ -1,0 +1,215 @@
+"""Knowledge distillation: train the student against the original model (the teacher) on unlabelled data.
+
+Classifiers: KL divergence of temperature-softened logits (plus cross-entropy when labels are given).
+Embeddings: 1 − cosine + MSE on the outputs. CPU, deterministic for a seed, a held-out validation split,
+early stopping on the validation metric, a checkpoint every epoch (an interrupted run resumes).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pocketml.runtime.errors import UsageError
+
+from .recipe import DistillConfig, config_dict
+from .report import Context, agreement, clone, first, state_digest, to_torch
+
+MIN_TRAIN, MIN_VAL = 8, 2
+CHECKPOINT = "checkpoint.pt"
+
+
+def after_epoch(epoch: int) -> None:
+    """Hook called after each epoch's checkpoint is written (tests use it to simulate an interruption)."""
+
+
+def load_training_data(cfg: DistillConfig, spec, ctx: Context):
+    from pocketml.runtime.data import load_data_dir
+    if cfg.data:
+        pre = dict(spec.preprocessing)
+        if spec.tokenizer_file:
+            pre["tokenizer_file"] = str(spec.tokenizer_file)
+        samples, source = load_data_dir(Path(cfg.data), spec.inputs, pre), f"user data {cfg.data}"
+    else:
+        ds = ctx.calib or ctx.teacher.calib
+        if ds is None or not ds.samples:
+            raise UsageError(f"distill needs unlabelled data: pass data=DIR (images, .npy, .txt); {spec.name} has "
+                             "no calibration set to use (the evaluation set is never used for training)")
+        samples, source = ds.samples, f"calibration set: {ds.source}"
+    labels = None
+    if cfg.labels:
+        p = Path(cfg.labels)
+        if not p.is_file():
+            raise UsageError(f"distill labels file {p} does not exist")
+        try:
+            labels = (np.load(p, allow_pickle=False) if p.suffix == ".npy"
+                      else np.array([int(x) for x in p.read_text().split()]))
+        except ValueError as exc:
+            raise UsageError(f"distill labels {p}: not integer labels ({exc})") from exc
+        labels = labels.astype(np.int64).reshape(-1)
+        if len(labels) != len(samples):
+            raise UsageError(f"distill labels {p}: {len(labels)} labels for {len(samples)} samples")
+        if spec.metric != "top1":
+            raise UsageError("distill labels are for classifiers (metric top1)")
+    return samples[:cfg.max_samples], (labels[:cfg.max_samples] if labels is not None else None), source
+
+
+def split(n: int, cfg: DistillConfig):
+    n_val = int(round(n * cfg.val_fraction))
+    if n - n_val < MIN_TRAIN or n_val < MIN_VAL:
+        raise UsageError(f"distill has {n} samples: too few for a training/validation split "
+                         f"(val_fraction {cfg.val_fraction} → need ≥ {MIN_TRAIN} to train and ≥ {MIN_VAL} to "
+                         "validate); pass more data with data=DIR", samples=n)
+    perm = np.random.default_rng(cfg.seed).permutation(n)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def stack(samples, idx):
+    import torch
+    return [torch.cat(t) for t in zip(*[to_torch(samples[i]) for i in idx])]
+
+
+class Distill:
+    kind = "distill"
+
+    def __init__(self, cfg: DistillConfig):
+        self.cfg = cfg
+
+    def loss_kind(self, spec) -> str:
+        if self.cfg.loss != "auto":
+            return self.cfg.loss
+        return {"top1": "kl", "cosine": "cosine"}.get(spec.metric, "mse")
+
+    def loss(self, kind, s, t, y=None):
+        import torch.nn.functional as F
+        s, t = s.reshape(s.shape[0], -1).float(), t.reshape(t.shape[0], -1).float()
+        if kind == "kl":
+            T = self.cfg.temperature
+            loss = F.kl_div(F.log_softmax(s / T, -1), F.log_softmax(t / T, -1), log_target=True,
+                            reduction="batchmean") * T * T
+            if y is not None:
+                loss = self.cfg.alpha * loss + (1 - self.cfg.alpha) * F.cross_entropy(s, y)
+            return loss
+        if kind == "cosine":
+            return (1 - F.cosine_similarity(s, t, dim=-1)).mean() + F.mse_loss(s, t)
+        return F.mse_loss(s, t)
+
+    def checkpoint_dir(self, ctx: Context) -> Path:
+        if self.cfg.checkpoint_dir:
+            return Path(self.cfg.checkpoint_dir)
+        return (ctx.out_dir or Path.cwd()) / ".distill-checkpoint"
+
+    def run(self, spec, ctx: Context):
+        import torch
+        cfg = self.cfg
+        samples, labels, source = load_training_data(cfg, spec, ctx)
+        tr, va = split(len(samples), cfg)
+        student = clone(spec)
+        model = student.module
+        kind = self.loss_kind(spec)
+        # Teacher outputs once (the teacher is the original model: ctx.teacher, never trained).
+        teacher = ctx.teacher.module.eval()
+        with torch.no_grad():
+            t_out = [first(teacher(*to_torch(s))).float() for s in samples]
+        fingerprint = hashlib.sha256(json.dumps(
+            [config_dict(cfg), state_digest(model), len(samples), source], sort_keys=True, default=str
+        ).encode()).hexdigest()[:16]
+        ckdir = self.checkpoint_dir(ctx)
+        ckdir.mkdir(parents=True, exist_ok=True)
+        ckfile = ckdir / f"{fingerprint}-{CHECKPOINT}"
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        state = {"epoch": 0, "best_score": [-1e9, -1e9], "best_epoch": 0, "bad_epochs": 0, "done": False,
+                 "history": []}
+        best = {k: v.clone() for k, v in model.state_dict().items()}
+        if ckfile.is_file():
+            ck = torch.load(ckfile, map_location="cpu", weights_only=True)
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optim"])
+            best = ck["best"]
+            state = json.loads(ck["state"])
+            ctx.log(f"  distill: resuming from {ckfile} after epoch {state['epoch']}"
+                    + (" (already finished)" if state["done"] else ""))
+            ctx.notes.append(f"resumed from checkpoint after epoch {state['epoch']}")
+
+        def evaluate():
+            model.eval()
+            with torch.no_grad():
+                outs = [first(model(*b)).float() for b in (stack(samples, va[i:i + 64]) for i in range(0, len(va), 64))]
+            s = torch.cat(outs)
+            t = torch.cat([t_out[i] for i in va])
+            val_loss = float(self.loss(kind, s, t))
+            _, metric = agreement(spec, [x.numpy() for x in t], [x.numpy() for x in s])
+            return metric, val_loss
+
+        if state["epoch"] == 0 and not state["history"]:
+            m0, l0 = evaluate()
+            state["best_score"] = [m0, -l0]
+            state["history"].append({"epoch": 0, "val_metric": m0, "val_loss": l0})
+        threads = torch.get_num_threads()
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        t_start = time.perf_counter()
+        progress = task = None
+        n_batches = (len(tr) + cfg.batch_size - 1) // cfg.batch_size
+        try:
+            while not state["done"] and state["epoch"] < cfg.epochs:
+                epoch = state["epoch"] + 1
+                torch.manual_seed(cfg.seed + epoch)          # dropout etc.: deterministic per epoch → resumable
+                order = np.random.default_rng(cfg.seed + epoch).permutation(tr)
+                model.train()
+                for b in range(n_batches):
+                    idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+                    out = first(model(*stack(samples, idx)))
+                    y = torch.from_numpy(labels[idx]) if labels is not None else None
+                    loss = self.loss(kind, out, torch.cat([t_out[i] for i in idx]), y)
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    if progress is None and time.perf_counter() - t_start > 3:
+                        from rich.progress import Progress
+                        progress = Progress(transient=True)
+                        progress.start()
+                        task = progress.add_task("distilling", total=cfg.epochs * n_batches,
+                                                 completed=(epoch - 1) * n_batches + b + 1)
+                    elif progress is not None:
+                        progress.update(task, advance=1, description=f"distill epoch {epoch}/{cfg.epochs}")
+                metric, val_loss = evaluate()
+                score = [metric, -val_loss]
+                state["history"].append({"epoch": epoch, "val_metric": metric, "val_loss": val_loss})
+                if score > state["best_score"]:
+                    state.update(best_score=score, best_epoch=epoch, bad_epochs=0)
+                    best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                else:
+                    state["bad_epochs"] += 1
+                state["epoch"] = epoch
+                if state["bad_epochs"] > cfg.patience or epoch >= cfg.epochs:
+                    state["done"] = True
+                self._save(ckfile, model, opt, best, state)
+                msg = (f"  distill epoch {epoch}/{cfg.epochs}: val {'top-1 agreement' if spec.metric == 'top1' else 'cosine'}"
+                       f" {metric:.4f}, val loss {val_loss:.4f}" + ("  (best)" if state["best_epoch"] == epoch else ""))
+                (progress.console.print if progress else ctx.log)(msg)
+                after_epoch(epoch)
+        finally:
+            torch.set_num_threads(threads)
+            if progress is not None:
+                progress.stop()
+        if state["bad_epochs"] > cfg.patience:
+            ctx.notes.append(f"early stop after epoch {state['epoch']} (no improvement for {cfg.patience + 1} epochs)")
+        model.load_state_dict(best)
+        ctx.notes.append(f"{kind} loss on {len(tr)} training / {len(va)} validation samples ({source}); "
+                         f"best epoch {state['best_epoch']}, val metric {state['best_score'][0]:.4f}; "
+                         f"checkpoint {ckfile}")
+        student.module = model.eval()
+        return student
+
+    @staticmethod
+    def _save(path: Path, model, opt, best, state) -> None:
+        import torch
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        torch.save({"model": model.state_dict(), "optim": opt.state_dict(), "best": best,
+                    "state": json.dumps(state)}, tmp)
+        os.replace(tmp, path)

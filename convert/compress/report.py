@@ -1,0 +1,130 @@
+"""What a compression step changed: params, MACs (Torch-Pruning's counter), accuracy vs the original model."""
+from __future__ import annotations
+
+import copy
+import hashlib
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from pocketml.runtime.errors import ValidationFailed
+
+
+@dataclass
+class Context:
+    """Shared by the steps of one recipe. `teacher` is the spec before the first step (never modified)."""
+    teacher: object                         # ModelSpec
+    calib: object | None = None             # DataSet: --calib data, else the model's own calibration set
+    out_dir: Path | None = None
+    log: object = print
+    eval_samples: list = field(default_factory=list)
+    teacher_eval: list = field(default_factory=list)   # teacher outputs (first output) on eval_samples
+    notes: list = field(default_factory=list)          # what the running step wants reported
+
+    @classmethod
+    def build(cls, teacher, calib, out_dir, log):
+        ds = teacher.eval or calib or teacher.calib
+        samples = ds.samples[:256] if ds else [teacher.example()]
+        ctx = cls(teacher, calib, Path(out_dir) if out_dir else None, log, samples)
+        ctx.teacher_eval = forward_all(teacher.module, samples)
+        return ctx
+
+
+def to_torch(sample):
+    import torch
+    return tuple(torch.from_numpy(np.ascontiguousarray(x)) for x in sample)
+
+
+def first(y):
+    return y[0] if isinstance(y, (tuple, list)) else y
+
+
+def forward_all(module, samples) -> list[np.ndarray]:
+    import torch
+    was = module.training
+    module.eval()
+    with torch.no_grad():
+        outs = [first(module(*to_torch(s))).detach().float().numpy() for s in samples]
+    module.train(was)
+    return outs
+
+
+def count(module, example) -> tuple[int, int]:
+    """(MACs, params) via torch_pruning.utils.count_ops_and_params."""
+    import torch
+    import torch_pruning as tp
+    was = module.training
+    module.eval()
+    with torch.no_grad():
+        macs, params = tp.utils.count_ops_and_params(module, example)
+    module.train(was)
+    return int(macs), int(params)
+
+
+def agreement(spec, teacher_outs, student_outs) -> tuple[str, float]:
+    """top1 → top-1 agreement; otherwise mean cosine (per sample, flattened)."""
+    if spec.metric == "top1":
+        a = np.mean([int(np.argmax(t.reshape(-1)) == np.argmax(s.reshape(-1)))
+                     for t, s in zip(teacher_outs, student_outs)])
+        return "top1_agreement", float(a)
+    cos = []
+    for t, s in zip(teacher_outs, student_outs):
+        t, s = t.reshape(-1).astype(np.float64), s.reshape(-1).astype(np.float64)
+        cos.append(float(t @ s / max(np.linalg.norm(t) * np.linalg.norm(s), 1e-12)))
+    return "mean_cosine", float(np.mean(cos))
+
+
+def check_signature(teacher_outs, student_outs, step: str) -> None:
+    ts, ss = [t.shape for t in teacher_outs[:1]], [s.shape for s in student_outs[:1]]
+    if ts != ss:
+        raise ValidationFailed(f"after step {step!r} the student's output shape {ss[0]} differs from the "
+                               f"teacher's {ts[0]}: a compressed model must keep the output signature",
+                               teacher=list(ts[0]), student=list(ss[0]))
+
+
+def state_digest(module) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(v.detach().cpu().float().numpy()).tobytes())
+    return h.hexdigest()
+
+
+def clone(spec):
+    """A new ModelSpec with its own copy of the module (data sets shared: they are read-only)."""
+    return replace(spec, module=copy.deepcopy(spec.module), source=dict(spec.source))
+
+
+def run_step(step, spec, ctx: Context):
+    """Run one step on a copy, measure it, append its report to source["compression"]."""
+    from .recipe import config_dict
+    t0 = time.perf_counter()
+    example = spec.torch_example()
+    macs0, params0 = count(spec.module, example)
+    metric, before = agreement(spec, ctx.teacher_eval, forward_all(spec.module, ctx.eval_samples))
+    ctx.notes = []
+    student = step.run(spec, ctx)               # a NEW spec; the input module is never mutated
+    assert student is not spec and student.module is not spec.module, f"step {step.kind} mutated its input"
+    notes = list(ctx.notes)
+    student.module.eval()
+    outs = forward_all(student.module, ctx.eval_samples)
+    check_signature(ctx.teacher_eval, outs, step.kind)
+    _, after = agreement(spec, ctx.teacher_eval, outs)
+    macs1, params1 = count(student.module, example)
+    rep = {"step": step.kind, "config": config_dict(step.cfg), "params": [params0, params1], "macs": [macs0, macs1],
+           "metric": metric, "vs": "original model", "data": f"{len(ctx.eval_samples)} evaluation samples",
+           "before": round(before, 6), "after": round(after, 6), "seconds": round(time.perf_counter() - t0, 2),
+           "notes": list(notes)}
+    src = dict(spec.source)
+    src["compression"] = list(spec.source.get("compression", [])) + [rep]
+    src.setdefault("original_sha256", spec.source.get("sha256"))
+    src["sha256"] = state_digest(student.module)   # a different student is a different artifact (reuse key)
+    student = replace(student, source=src)
+    ctx.log(f"  {step.kind:<10} params {params0:,} → {params1:,} ({params1 / params0:.0%}), "
+            f"MACs {macs0:,} → {macs1:,} ({macs1 / max(macs0, 1):.0%}), "
+            f"{metric} vs original {before:.4f} → {after:.4f}  [{rep['seconds']:.1f}s]")
+    for n in notes:
+        ctx.log(f"             note: {n}")
+    return student
