@@ -249,30 +249,55 @@ def devices(as_json):
     make_console().print(t)
 
 
+# The demo's conversion jobs: two at a time on two cores; each job converts one model for some formats.
+DEMO_JOBS = (("efficientnet-lite0", "effnet", ("tflite",)), ("efficientnet-lite0", "effnet", ("onnx", "coreml")),
+             ("minilm-l6", "minilm", ("onnx", "tflite", "coreml")))
+
+
+def _demo_job(model: str, sub: str, formats: tuple, out: str, verbose: bool) -> list[tuple[str, int, str]]:
+    """Run in a worker process; returns (artifact, exit code, message) for each failure."""
+    quiet(verbose)
+    from pocketml.convert import Recipe, run
+
+    def log(line):
+        click.echo(f"[{model}] {line.strip()}")
+    outcomes = run(Recipe(model=model, formats=list(formats), precisions=["fp32", "fp16", "int8"]),
+                   Path(out) / sub, log=log)
+    return [(f"{model} {o.name}", o.error.exit_code, str(o.error)) for o in outcomes if o.error]
+
+
 @cli.command()
 @click.option("-o", "--out", "out_dir", default="out", show_default=True, type=click.Path())
 @click.option("--device", default="pixel-7", show_default=True)
 @click.option("--runs", default=50, show_default=True)
-def demo(out_dir, device, runs):
+@click.option("--jobs", default=2, show_default=True, help="Conversions run in parallel (one per core).")
+@click.pass_context
+def demo(ctx, out_dir, device, runs, jobs):
     """Convert both built-in models to ONNX, TFLite and Core ML (fp32, fp16, int8), profile, report.
 
     \b
     Example:
       pocketml demo -o out          # writes out/report.json and out/report.md
     """
-    from pocketml.convert import Recipe, run
+    import multiprocessing
+    import time
+    from concurrent.futures import ProcessPoolExecutor
+
     from pocketml.profiler import report as rep
     from pocketml.profiler.run import profile as run_profile
 
     out = Path(out_dir)
+    verbose = bool(ctx.parent and ctx.parent.params.get("verbose"))
+    t0 = time.perf_counter()
+    click.echo(f"converting efficientnet-lite0 and minilm-l6 → onnx, tflite, coreml × fp32, fp16, int8 "
+               f"({jobs} jobs in parallel)")
     failed = []
     try:
-        check_versions(CONVERT_PACKAGES)
-        for model, sub in (("efficientnet-lite0", "effnet"), ("minilm-l6", "minilm")):
-            click.echo(f"converting {model} → onnx, tflite, coreml × fp32, fp16, int8")
-            outcomes = run(Recipe(model=model, formats=["onnx", "tflite", "coreml"],
-                                  precisions=["fp32", "fp16", "int8"]), out / sub, log=click.echo)
-            failed += [o for o in outcomes if o.error]
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(_demo_job, m, sub, f, str(out), verbose) for m, sub, f in DEMO_JOBS]
+            for fut in futures:
+                failed += fut.result()
+        click.echo(f"conversions done in {time.perf_counter() - t0:.0f} s")
         click.echo("profiling ONNX and TFLite artifacts (Core ML: not measured on Linux)")
         result = run_profile([out / "effnet", out / "minilm"], device=device, runs=runs)
     except PocketmlError as exc:
@@ -282,8 +307,8 @@ def demo(out_dir, device, runs):
     click.echo(f"wrote {j} and {m}")
     if failed:
         click.secho(f"{len(failed)} artifact(s) failed conversion or validation: "
-                    + ", ".join(o.name for o in failed), fg="red", err=True)
-        sys.exit(max(o.error.exit_code for o in failed))
+                    + "; ".join(f"{n} (exit {c}): {msg}" for n, c, msg in failed), fg="red", err=True)
+        sys.exit(max(c for _, c, _ in failed))
 
 
 def main() -> None:

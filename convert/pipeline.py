@@ -106,8 +106,13 @@ def reference_outputs(spec: ModelSpec, data: DataSet) -> list[list[np.ndarray]]:
 
 
 def write_reference(out_dir: Path, spec: ModelSpec, data: DataSet, refs) -> None:
-    """`reference/`: the evaluation inputs and torch fp32 outputs, for profiling without torch."""
-    with staging_dir(out_dir / "reference") as tmp:
+    """`reference/`: the evaluation inputs and torch fp32 outputs, for profiling without torch.
+
+    Skipped when an identical reference is already published; serialised by a lock so parallel
+    conversions of one model (e.g. `pocketml demo`) do not race on it."""
+    import fcntl
+    with staging_dir(out_dir / "reference") as tmp, open(out_dir / ".reference.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         np.savez(tmp / "inputs.npz", **{i["name"]: np.concatenate([s[k] for s in data.samples])
                                         for k, i in enumerate(spec.inputs)})
         np.savez(tmp / "outputs.npz", **{o: np.concatenate([r[k] for r in refs]) for k, o in enumerate(spec.outputs)})
@@ -115,6 +120,9 @@ def write_reference(out_dir: Path, spec: ModelSpec, data: DataSet, refs) -> None
                 "data": data.source, "samples": len(data), "metric": spec.metric, "inputs": spec.inputs,
                 "outputs": spec.outputs, "preprocessing": spec.preprocessing}
         meta["checksums"] = hash_tree(tmp)
+        old = out_dir / "reference" / "manifest.json"
+        if old.is_file() and json.loads(old.read_text()).get("checksums") == meta["checksums"]:
+            return
         (tmp / "manifest.json").write_text(json.dumps(meta, indent=2) + "\n")
         publish(tmp, out_dir / "reference")
 

@@ -1,0 +1,293 @@
+"""Compression stage (convert/compress): prune → distill → int8 artifacts on digits; bad inputs; layer_drop; resume."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli, save_samples
+from models import digits_cnn, digits_data
+
+import pocketml.runtime as rt
+from pocketml.convert.compress import apply_steps, load_recipe, parse_shorthand
+from pocketml.convert.pipeline import Recipe, run
+from pocketml.convert.sources import load_factory
+from pocketml.convert.spec import DataSet
+from pocketml.runtime.errors import UsageError, ValidationFailed
+
+DIGITS = "models:digits_cnn"
+
+
+def accuracy_torch(module, x, y) -> float:
+    with torch.no_grad():
+        return float((module(torch.from_numpy(x)).argmax(1).numpy() == y).mean())
+
+
+def accuracy_artifact(path, x, y) -> float:
+    session = rt.load(path)
+    nhwc = session.manifest.inputs[0].layout == "NHWC"
+    hits = 0
+    for xi, yi in zip(x, y):
+        feed = xi[None].transpose(0, 2, 3, 1).copy() if nhwc else xi[None]
+        hits += int(session.run([feed])["output_0"].argmax() == yi)
+    return hits / len(y)
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    x, y, xt, yt = digits_data()
+    root = tmp_path_factory.mktemp("digits")
+    train = save_samples(root / "train", list(x[:, None]))          # sample_0000.npy … in label order
+    np.save(root / "train_labels.npy", y)
+    calib = save_samples(root / "calib", list(x[:128, None]))
+    return {"x": x, "y": y, "xt": xt, "yt": yt, "train": train, "labels": root / "train_labels.npy", "calib": calib}
+
+
+def digits_spec(digits, n_eval: int = 200):
+    spec = load_factory(DIGITS, "image-classification")
+    spec.eval = DataSet([[a[None]] for a in digits["xt"][:n_eval]], f"{n_eval} held-out digits")
+    return spec
+
+
+def distill_step(digits, tmp_path, **kw):
+    return {"kind": "distill", "data": str(digits["train"]), "labels": str(digits["labels"]), "epochs": 12,
+            "lr": 3e-3, "threads": 1, "checkpoint_dir": str(tmp_path / "ck"), **kw}
+
+
+# ------------------------------------------------------------------ the whole path: prune 50 %, distill, int8
+
+@pytest.fixture(scope="module")
+def compressed(digits, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("compressed")
+    spec = digits_spec(digits)
+    teacher = spec.module
+    w0 = {k: v.clone() for k, v in teacher.state_dict().items()}
+    recipe = Recipe(model=DIGITS, formats=["onnx", "tflite", "coreml"], precisions=["int8"],
+                    calib=str(digits["calib"]), task="image-classification",
+                    steps=[{"kind": "prune", "channels": 0.5}, distill_step(digits, tmp)])
+    outcomes = run(recipe, tmp / "out", log=print, spec=spec)
+    return {"out": tmp / "out", "outcomes": outcomes, "teacher": teacher, "w0": w0}
+
+
+def test_prune_distill_int8_keeps_accuracy(compressed, digits):
+    errors = [(o.name, o.error) for o in compressed["outcomes"] if o.error]
+    assert not errors, errors
+    teacher_acc = accuracy_torch(compressed["teacher"], digits["xt"], digits["yt"])
+    assert teacher_acc >= 0.95
+    accs = {}
+    for name in ("onnx-int8", "tflite-int8"):
+        accs[name] = accuracy_artifact(compressed["out"] / name, digits["xt"], digits["yt"])
+    print(f"teacher {teacher_acc:.4f}, int8 artifacts {accs}")
+    for name, acc in accs.items():
+        assert acc >= teacher_acc - 0.010, f"{name}: {acc:.4f} vs teacher {teacher_acc:.4f}"
+
+
+def test_compression_report_in_manifest(compressed):
+    m = rt.load(compressed["out"] / "onnx-int8").manifest
+    prune, distill = m.source["compression"]
+    assert prune["step"] == "prune" and distill["step"] == "distill"
+    assert prune["macs"][1] < 0.5 * prune["macs"][0] and prune["params"][1] < 0.5 * prune["params"][0]
+    assert prune["metric"] == "top1_agreement" and prune["before"] == 1.0
+    assert distill["after"] >= 0.95 and distill["after"] > distill["before"]
+    assert m.source["sha256"] != m.source["original_sha256"]       # the student is a different model
+    assert m.recipe["steps"][0]["kind"] == "prune"
+    # the original model is untouched: it stays the reference
+    for k, v in compressed["teacher"].state_dict().items():
+        assert torch.equal(v, compressed["w0"][k])
+    ref_out = np.load(compressed["out"] / "reference" / "outputs.npz")["output_0"]
+    with torch.no_grad():
+        x = np.load(compressed["out"] / "reference" / "inputs.npz")["input_0"]
+        assert np.allclose(compressed["teacher"](torch.from_numpy(x)).numpy(), ref_out, atol=1e-5)
+
+
+def test_pruned_tensors_really_smaller(digits):
+    spec = digits_spec(digits, 16)
+    student = apply_steps(spec, [{"kind": "prune", "channels": 0.5, "importance": "l2"}], log=lambda *_: None)
+    convs = [m for m in student.module.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [16, 32, 32]
+    assert student.module[-1].out_features == 10                    # the classifier is kept whole
+    assert [c.out_channels for c in spec.module.modules() if isinstance(c, torch.nn.Conv2d)] == [32, 64, 64]
+
+
+@pytest.mark.parametrize("how", ["taylor", "random", "global"])
+def test_prune_variants(digits, how):
+    spec = digits_spec(digits, 16)
+    step = {"kind": "prune", "channels": 0.3, **({"global": True} if how == "global" else {"importance": how})}
+    calib = DataSet([[a[None]] for a in digits["x"][:32]], "calib")
+    student = apply_steps(spec, [step], calib, log=lambda *_: None)
+    rep = student.source["compression"][0]
+    assert rep["params"][1] < rep["params"][0] and rep["macs"][1] < rep["macs"][0]
+
+
+# ------------------------------------------------------------------ bad inputs → exit 2 naming the thing
+
+def _convert(*args, tmp_path):
+    return run_cli("convert", DIGITS, "--task", "image-classification", "--to", "onnx", *args, "-o", tmp_path / "o")
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--prune", "channels=1.0"], "1.0"),
+    (["--prune", "channels=0.3,bogus=1"], "bogus"),
+    (["--prune", "channels=0.3,importance=magic"], "magic"),
+    (["--drop-layers", "keep=0,2,2"], "[2]"),
+    (["--distill", "epochs=3,speed=9"], "speed"),
+])
+def test_cli_bad_shorthands(tmp_path, args, named):
+    r = _convert(*args, tmp_path=tmp_path)
+    assert r.exit_code == 2, r.output
+    assert named in r.output
+
+
+@pytest.mark.parametrize("body, named", [
+    ('[[steps]]\nkind = "quantize"\n', "quantize"),
+    ('[[steps]]\nkind = "prune"\nchannels = 0.3\nsparsity = 0.5\n', "sparsity"),
+    ('[[steps]]\nkind = "prune"\nchannels = "a lot"\n', "a lot"),
+    ('model = "x"\n[[steps]]\nkind = "prune"\nchannels = 0.3\n', "model"),
+])
+def test_cli_bad_recipe(tmp_path, body, named):
+    f = tmp_path / "r.toml"
+    f.write_text(body)
+    r = _convert("--recipe", f, tmp_path=tmp_path)
+    assert r.exit_code == 2, r.output
+    assert named in r.output
+
+
+def test_shipped_recipes_parse():
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent / "recipes"
+    assert [s["kind"] for s in load_recipe(root / "minilm-phone.toml")] == ["layer_drop", "distill"]
+    assert load_recipe(root / "minilm-phone.toml")[0]["keep"] == [0, 2, 4]
+    eff = load_recipe(root / "effnet-prune.toml")
+    assert eff[0] == {"kind": "prune", "channels": 0.3, "importance": "l1", "global": False}
+
+
+def test_shorthands_fill_steps():
+    assert parse_shorthand("prune", "channels=0.3,importance=l2,global") == {
+        "kind": "prune", "channels": 0.3, "importance": "l2", "global": True}
+    assert parse_shorthand("drop-layers", "keep=0,2,4") == {"kind": "layer_drop", "keep": [0, 2, 4]}
+    assert parse_shorthand("distill", "data=/d,epochs=3") == {"kind": "distill", "data": "/d", "epochs": 3}
+
+
+def test_prune_that_empties_a_layer_is_refused():
+    from torch import nn
+    from pocketml.convert.spec import ModelSpec
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(1, 1, 3, padding=1), nn.ReLU(), nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(),
+                      nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+    spec = ModelSpec("narrow", m, [{"name": "x", "shape": [1, 1, 8, 8], "dtype": "float32", "layout": "NCHW"}],
+                     ["y"], "image-classification", "top1", "cnn")
+    with pytest.raises(UsageError, match="'0'"):
+        apply_steps(spec, [{"kind": "prune", "channels": 0.5}], log=lambda *_: None)
+
+
+def test_distill_too_little_data(digits, tmp_path):
+    few = save_samples(tmp_path / "few", list(digits["x"][:5, None]))
+    r = _convert("--prune", "channels=0.5", "--distill", f"data={few}", tmp_path=tmp_path)
+    assert r.exit_code == 2, r.output
+    assert "5 samples" in r.output
+
+
+def test_output_signature_change_is_validation_failure(digits, monkeypatch):
+    from pocketml.convert.compress import prune as prune_mod
+    from torch import nn
+
+    def bad_run(self, spec, ctx):
+        from pocketml.convert.compress.report import clone
+        s = clone(spec)
+        s.module = nn.Sequential(s.module, nn.Linear(10, 3)).eval()
+        return s
+    monkeypatch.setattr(prune_mod.Prune, "run", bad_run)
+    with pytest.raises(ValidationFailed) as e:
+        apply_steps(digits_spec(digits, 8), [{"kind": "prune", "channels": 0.3}], log=lambda *_: None)
+    assert e.value.exit_code == 5 and "[1, 3]" in str(e.value).replace("torch.Size(", "").replace("(", "[").replace(")", "]")
+
+
+# ------------------------------------------------------------------ distillation resume
+
+def test_distill_resumes_from_checkpoint(digits, tmp_path, monkeypatch):
+    from pocketml.convert.compress import distill as distill_mod
+    small = {"data": str(digits["train"]), "epochs": 3, "threads": 1, "max_samples": 300, "patience": 5}
+    steps = lambda ck: [{"kind": "prune", "channels": 0.5}, {"kind": "distill", **small, "checkpoint_dir": str(ck)}]
+    quiet = lambda *_: None
+    whole = apply_steps(digits_spec(digits, 16), steps(tmp_path / "a"), log=quiet)
+
+    def interrupt(epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(distill_mod, "after_epoch", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        apply_steps(digits_spec(digits, 16), steps(tmp_path / "b"), log=quiet)
+    monkeypatch.setattr(distill_mod, "after_epoch", lambda epoch: None)
+    lines = []
+    resumed = apply_steps(digits_spec(digits, 16), steps(tmp_path / "b"), log=lines.append)
+    assert any("resuming" in ln and "after epoch 2" in ln for ln in lines), lines
+    for (k, a), b in zip(whole.module.state_dict().items(), resumed.module.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), k
+
+
+# ------------------------------------------------------------------ transformers: layer_drop, FFN pruning
+
+@pytest.fixture(scope="module")
+def tiny_bert_spec(tmp_path_factory):
+    from test_huggingface import minilm_tokenizer
+    from transformers import BertConfig, BertModel
+
+    from pocketml.convert.sources import load_hf_dir
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=6, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=64)
+    d = tmp_path_factory.mktemp("hf") / "tiny-bert6"
+    BertModel(cfg).eval().save_pretrained(d, safe_serialization=True)
+    shutil.copyfile(minilm_tokenizer(), d / "tokenizer.json")
+
+    def make():
+        spec = load_hf_dir(d, "sentence-embedding", False, 16)
+        from pocketml.runtime.text import encode
+        pre = {**spec.preprocessing, "max_length": 16}
+        spec.eval = DataSet(encode([f"sentence number {i} about phones" for i in range(8)], pre, spec.tokenizer_file), "e")
+        spec.calib = DataSet(encode([f"calibration line {i}, on models" for i in range(40)], pre, spec.tokenizer_file), "c")
+        return spec
+    return make
+
+
+def test_layer_drop_round_trips(tiny_bert_spec, tmp_path):
+    from transformers import BertModel
+    spec = tiny_bert_spec()
+    student = apply_steps(spec, [{"kind": "layer_drop", "keep": [0, 2, 4]}], log=lambda *_: None)
+    hf = student.module.model
+    assert len(hf.encoder.layer) == 3 and hf.config.num_hidden_layers == 3
+    assert len(spec.module.model.encoder.layer) == 6                  # the original is untouched
+    rep = student.source["compression"][0]
+    assert rep["params"][1] < rep["params"][0] and rep["metric"] == "mean_cosine"
+    hf.save_pretrained(tmp_path / "small", safe_serialization=True)
+    back = BertModel.from_pretrained(tmp_path / "small", attn_implementation="eager").eval()
+    assert back.config.num_hidden_layers == 3
+    ids, mask = (torch.from_numpy(a) for a in spec.eval.samples[0])
+    with torch.no_grad():
+        a = hf(input_ids=ids, attention_mask=mask).last_hidden_state
+        b = back(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_layer_drop_bad_indices(tiny_bert_spec, digits):
+    with pytest.raises(UsageError, match=r"\[6, 9\]") as e:
+        apply_steps(tiny_bert_spec(), [{"kind": "layer_drop", "keep": [0, 6, 9]}], log=lambda *_: None)
+    assert e.value.exit_code == 2
+    with pytest.raises(UsageError, match="Hugging Face encoder"):
+        apply_steps(digits_spec(digits, 4), [{"kind": "layer_drop", "keep": [0]}], log=lambda *_: None)
+
+
+def test_transformer_ffn_and_heads_pruning(tiny_bert_spec, tmp_path):
+    spec = tiny_bert_spec()
+    student = apply_steps(spec, [{"kind": "prune", "ffn": 0.5, "heads": 0.5},
+                                 {"kind": "distill", "epochs": 2, "threads": 1, "checkpoint_dir": str(tmp_path)}],
+                          log=lambda *_: None)
+    layer = student.module.model.encoder.layer[0]
+    assert layer.intermediate.dense.out_features == 32
+    assert layer.attention.self.num_attention_heads == 2 and layer.attention.self.query.out_features == 16
+    prune, distill = student.source["compression"]
+    assert prune["params"][1] < prune["params"][0] and prune["macs"][1] < prune["macs"][0]
+    ids, mask = (torch.from_numpy(a) for a in spec.eval.samples[0])
+    with torch.no_grad():
+        assert student.module(ids, mask).shape == spec.module(ids, mask).shape == (1, 32)
