@@ -254,10 +254,17 @@ DEMO_JOBS = (("efficientnet-lite0", "effnet", ("tflite",)), ("efficientnet-lite0
              ("minilm-l6", "minilm", ("onnx", "tflite", "coreml")))
 
 
-def _demo_job(model: str, sub: str, formats: tuple, out: str, verbose: bool) -> list[tuple[str, int, str]]:
+def _demo_job(model: str, sub: str, formats: tuple, out: str, verbose: bool,
+              threads: int) -> list[tuple[str, int, str]]:
     """Run in a worker process; returns (artifact, exit code, message) for each failure."""
+    import os
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(threads)      # parallel jobs must not oversubscribe the cores
     quiet(verbose)
+    import torch
+
     from pocketml.convert import Recipe, run
+    torch.set_num_threads(threads)
 
     def log(line):
         click.echo(f"[{model}] {line.strip()}")
@@ -280,6 +287,7 @@ def demo(ctx, out_dir, device, runs, jobs):
       pocketml demo -o out          # writes out/report.json and out/report.md
     """
     import multiprocessing
+    import os
     import time
     from concurrent.futures import ProcessPoolExecutor
 
@@ -293,8 +301,10 @@ def demo(ctx, out_dir, device, runs, jobs):
                f"({jobs} jobs in parallel)")
     failed = []
     try:
+        check_versions(CONVERT_PACKAGES)
         with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(_demo_job, m, sub, f, str(out), verbose) for m, sub, f in DEMO_JOBS]
+            threads = max(1, (os.cpu_count() or 1) // jobs)
+            futures = [pool.submit(_demo_job, m, sub, f, str(out), verbose, threads) for m, sub, f in DEMO_JOBS]
             for fut in futures:
                 failed += fut.result()
         click.echo(f"conversions done in {time.perf_counter() - t0:.0f} s")

@@ -38,7 +38,10 @@ def accuracy_artifact(path, x, y) -> float:
 def digits(tmp_path_factory):
     x, y, xt, yt = digits_data()
     root = tmp_path_factory.mktemp("digits")
-    train = save_samples(root / "train", list(x[:, None]))          # sample_0000.npy … in label order
+    train = root / "train"                      # digit_0000.npy …: sorted file order = label order
+    train.mkdir()
+    for i, a in enumerate(x):
+        np.save(train / f"digit_{i:04d}.npy", a[None])
     np.save(root / "train_labels.npy", y)
     calib = save_samples(root / "calib", list(x[:128, None]))
     return {"x": x, "y": y, "xt": xt, "yt": yt, "train": train, "labels": root / "train_labels.npy", "calib": calib}

@@ -140,7 +140,9 @@ class Prune:
             if self.cfg.importance == "taylor":
                 taylor_gradients(model, spec, ctx, example)
             pruner = tp.pruner.MetaPruner(
-                model, example, importance=importance(self.cfg.importance), pruning_ratio=0.0,
+                # pruning_ratio must be > 0 for Torch-Pruning to visit the q/k/v groups; with
+                # prune_head_dims=False and every other layer ignored it removes whole heads only.
+                model, example, importance=importance(self.cfg.importance), pruning_ratio=self.cfg.heads,
                 global_pruning=self.cfg.global_pruning, ignored_layers=[m for m in linears if m not in qkv],
                 num_heads={lin: a.num_attention_heads for a in attn for lin in (a.query, a.key, a.value)},
                 prune_num_heads=True, prune_head_dims=False, head_pruning_ratio=self.cfg.heads)

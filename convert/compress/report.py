@@ -92,6 +92,15 @@ def state_digest(module) -> str:
     return h.hexdigest()
 
 
+def contiguous(module) -> None:
+    """Pruning leaves strided views; exporters (Core ML) want plain contiguous tensors."""
+    import torch
+    with torch.no_grad():
+        for t in list(module.parameters()) + list(module.buffers()):
+            if not t.is_contiguous():
+                t.data = t.data.contiguous()
+
+
 def clone(spec):
     """A new ModelSpec with its own copy of the module (data sets shared: they are read-only)."""
     return replace(spec, module=copy.deepcopy(spec.module), source=dict(spec.source))
@@ -108,6 +117,7 @@ def run_step(step, spec, ctx: Context):
     student = step.run(spec, ctx)               # a NEW spec; the input module is never mutated
     assert student is not spec and student.module is not spec.module, f"step {step.kind} mutated its input"
     notes = list(ctx.notes)
+    contiguous(student.module)
     student.module.eval()
     outs = forward_all(student.module, ctx.eval_samples)
     check_signature(ctx.teacher_eval, outs, step.kind)

@@ -8,12 +8,19 @@ lengths are hostile. Profiled (in the child) so that a miss could not take pytes
 from __future__ import annotations
 
 import struct
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import assert_no_partial, run_cli
-from faultkit import copy_artifact, one_line, report_rows, rerecord
+from faultkit import copy_artifact, one_line, report_rows, rerecord, write_artifact, write_reference
 
+import pocketml.runtime as rt
 from pocketml.runtime.prechecks import MAX_TENSOR_ELEMENTS, _FlatBuffer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fuzz"))
+from fuzzkit import tiny_tflite  # noqa: E402  (the generated 1×4 Add model, shared with the fuzzers)
 
 
 def _walk(data: bytes):
@@ -88,19 +95,11 @@ def test_hostile_flatbuffer_is_refused_before_litert(cnn_out, tmp_path, damage):
 # ------------------------------------------------- TFLite external buffer groups are file references
 
 def _tiny_tflite_artifact(root, group: str | None, extra=None):
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fuzz"))
-    from fuzzkit import tiny_tflite
-    from faultkit import write_artifact, write_reference
     write_reference(root)
     return write_artifact(root / "tflite-fp32", tiny_tflite(group), fmt="tflite", extra=extra)
 
 
 def test_control_contained_external_buffer_group_loads(tmp_path):
-    import numpy as np
-
-    import pocketml.runtime as rt
     art = _tiny_tflite_artifact(tmp_path / "arts", "w.bin", extra={"w.bin": b"\0" * 16})
     y = rt.load(art).run(np.zeros((1, 4), np.float32))["y"]
     assert y.tolist() == [[1, 2, 3, 4]]

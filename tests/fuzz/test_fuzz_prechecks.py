@@ -68,3 +68,13 @@ def test_mutated_real_models(workdir, seed, mutations):
         elif kind == "delete":
             del data[pos:pos + (word & 0xFF) + 1]
     _run(workdir, bytes(data), seed.split("-")[0])
+
+
+def test_external_data_key_that_is_not_utf8(workdir):
+    """Found by the atheris harness: protobuf returns bytes for a string field holding bad UTF-8."""
+    data = tiny_onnx("w.bin").replace(b"location", b"locat\xffon")
+    path = workdir / "model.onnx"
+    path.write_bytes(data)
+    from pocketml.runtime.errors import UnsafeInputError
+    with pytest.raises(UnsafeInputError, match="not UTF-8"):
+        precheck_model_file(path, "onnx")
