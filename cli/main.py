@@ -183,14 +183,19 @@ def estimate(paths, device, threads, budget, as_json):
     from pocketml.profiler.estimate import estimate as run_estimate
     from pocketml.profiler.run import discover
     from pocketml.runtime.manifest import read_manifest, verify_checksums
+    from pocketml.runtime.paths import contained_file
+    from pocketml.runtime.prechecks import precheck_model_file
 
     limit = _ms(budget)
     try:
+        check_versions()
         arts = [a for a, _ in discover(list(paths))]
         profiles = [dev.load(n) for n in (dev.available() if device == "all" else [device])]
         rows = []
         for art in arts:
-            verify_checksums(art, read_manifest(art))
+            manifest = read_manifest(art)
+            verify_checksums(art, manifest)
+            precheck_model_file(contained_file(art, manifest.model_file), manifest.format)
             for prof in profiles:
                 e = run_estimate(art, prof, threads)
                 e["artifact"] = str(art)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import pickle
 import re
 from pathlib import Path
 
@@ -155,7 +156,13 @@ def load_factory(ref: str, task: str | None) -> ModelSpec:
         fn = getattr(importlib.import_module(mod_name), fn_name)
     except (ImportError, AttributeError) as exc:
         raise UsageError(f"cannot import factory {ref}: {exc}") from exc
-    result = fn()
+    try:
+        result = fn()
+    except pickle.UnpicklingError as exc:   # torch.load(weights_only=True) refused a pickle that runs code
+        raise UnsafeInputError(f"factory {ref} tried to load a checkpoint that is not plain weights "
+                               f"(torch.load(weights_only=True) refused it): {exc}") from exc
+    except Exception as exc:
+        raise UsageError(f"factory {ref} raised {type(exc).__name__}: {exc}") from exc
     if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], torch.nn.Module)):
         raise UsageError(f"factory {ref} must return (torch.nn.Module, example_inputs)")
     module, example = result

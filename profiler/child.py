@@ -47,8 +47,7 @@ def test_fault(artifact: str) -> None:
         while True:
             time.sleep(60)
     elif mode == "oom":
-        hog = [bytearray(1 << 30) for _ in range(1 << 10)]   # 1 TiB: must hit the memory cap
-        del hog
+        bytearray(1 << 40)                                   # 1 TiB: must hit the memory cap
     elif mode == "exit":
         os._exit(3)
 

@@ -6,7 +6,8 @@ renameat2(RENAME_EXCHANGE)). Every temporary pocketml creates in an output direc
 directories, the work directory, write probes, single files being written — carries the
 `.tmp-<pid>-` mark, so:
 
-- SIGINT (Ctrl-C) unwinds through `staging_dir`'s cleanup: nothing of this run is left;
+- SIGINT (Ctrl-C) unwinds through `staging_dir`'s cleanup: nothing of this run is left (the cleanup
+  and the replace-an-artifact renames hold SIGINT/SIGTERM, so a second Ctrl-C cannot cut them short);
 - SIGKILL leaves only marked temporaries, never a directory that looks like an artifact; the
   next run removes them (`clean_stale`), but only once the process that owned them is gone;
 - a full or read-only disk (ENOSPC, EDQUOT, EROFS, EACCES/EPERM on write) raised anywhere inside
@@ -20,6 +21,8 @@ import errno
 import os
 import secrets
 import shutil
+import signal
+import threading
 from pathlib import Path
 
 from .errors import EnvironmentMissing, UsageError
@@ -43,6 +46,20 @@ def _disk_failure(where: Path, err: OSError) -> EnvironmentMissing:
     code = errno.errorcode.get(err.errno, err.errno)
     return EnvironmentMissing(f"cannot write {where}: {err.strerror or err} ({code}); free some space or "
                               "choose a writable output directory", path=str(where), errno=code)
+
+
+@contextlib.contextmanager
+def uninterrupted():
+    """Hold SIGINT/SIGTERM while a cleanup or a two-step rename runs; a Ctrl-C pressed meanwhile is
+    delivered (as KeyboardInterrupt) right after the block, not half-way through it."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -114,8 +131,9 @@ def staging_dir(final: Path):
             raise _disk_failure(final, err) from exc
         raise
     finally:   # also on KeyboardInterrupt (SIGINT) and SystemExit
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        with uninterrupted():
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
 
 
 def publish(tmp: Path, final: Path, replace: bool = True) -> Path:
@@ -130,17 +148,18 @@ def publish(tmp: Path, final: Path, replace: bool = True) -> Path:
             if final.is_dir() and not (final / "manifest.json").exists():
                 raise UsageError(f"{final} exists and is not a pocketml artifact (no manifest.json); "
                                  "refusing to overwrite it")
-            if _exchange(tmp, final):       # one atomic step: `final` is never missing
-                shutil.rmtree(tmp, ignore_errors=True)
-                return final
-            old = final.parent / f".{final.name}{TMP_MARK}{os.getpid()}-old-{secrets.token_hex(3)}"
-            os.replace(final, old)
-            try:
-                os.replace(tmp, final)
-            except BaseException:
-                os.replace(old, final)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
+            with uninterrupted():
+                if _exchange(tmp, final):       # one atomic step: `final` is never missing
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    return final
+                old = final.parent / f".{final.name}{TMP_MARK}{os.getpid()}-old-{secrets.token_hex(3)}"
+                os.replace(final, old)
+                try:
+                    os.replace(tmp, final)
+                except BaseException:
+                    os.replace(old, final)
+                    raise
+                shutil.rmtree(old, ignore_errors=True)
             return final
         os.replace(tmp, final)
     except OSError as exc:

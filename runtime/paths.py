@@ -61,8 +61,8 @@ def reference_parts(root, rel) -> tuple[str, ...]:
 
 
 def _walk(root: Path, rel: str, parts: tuple[str, ...]) -> tuple[int, int]:
-    """Open every directory component with O_NOFOLLOW. Returns (fd of the last directory, fd of the
-    target or -1 when the target is a directory opened as such). Caller closes both."""
+    """Open every component from `root` down with O_NOFOLLOW, each relative to the directory before it.
+    Returns (fd of the last directory, fd of the target). The caller closes both."""
     try:
         dfd = os.open(root, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
     except OSError as exc:
@@ -113,6 +113,13 @@ def _check_target(fd: int, root: Path, rel: str, allow_dir: bool) -> os.stat_res
     return st
 
 
+def _root(root) -> Path:
+    try:
+        return Path(root).resolve(strict=True)
+    except (OSError, RuntimeError) as exc:   # missing, or a symlink loop
+        raise UnsafeInputError(f"{root}: cannot resolve the directory ({exc})") from None
+
+
 def contained_file(root: Path, rel: str, must_exist: bool = True, allow_dir: bool = True) -> Path:
     """Resolve `rel` under `root`, refusing absolute paths, `..` escapes, symlinks in any
     component, hard-linked files and special files. Returns the canonical path.
@@ -120,7 +127,7 @@ def contained_file(root: Path, rel: str, must_exist: bool = True, allow_dir: boo
     `must_exist=False` is for output paths: lexical checks plus "no existing component is a
     symlink"; the caller creates the file. `allow_dir` admits a directory target (a Core ML
     `.mlpackage`)."""
-    root = Path(root).resolve(strict=True)
+    root = _root(root)
     parts = reference_parts(root, rel)
     if not must_exist:
         cur = root
@@ -143,7 +150,7 @@ def contained_file(root: Path, rel: str, must_exist: bool = True, allow_dir: boo
 def open_contained(root: Path, rel: str):
     """Open the regular file `rel` under `root` for reading, every component with O_NOFOLLOW.
     Returns a binary file object; its `fstat` is what was checked."""
-    root = Path(root).resolve(strict=True)
+    root = _root(root)
     parts = reference_parts(root, rel)
     dfd, tfd = _walk(root, rel, parts)
     os.close(dfd)

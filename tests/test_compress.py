@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import run_cli, save_samples
-from models import digits_cnn, digits_data
+from models import digits_data
 
 import pocketml.runtime as rt
 from pocketml.convert.compress import apply_steps, load_recipe, parse_shorthand
@@ -49,7 +49,7 @@ def digits(tmp_path_factory):
 
 def digits_spec(digits, n_eval: int = 200):
     spec = load_factory(DIGITS, "image-classification")
-    spec.eval = DataSet([[a[None]] for a in digits["xt"][:n_eval]], f"{n_eval} held-out digits")
+    spec.eval = DataSet([[a[None].copy()] for a in digits["xt"][:n_eval]], f"{n_eval} held-out digits")
     return spec
 
 
@@ -294,3 +294,16 @@ def test_transformer_ffn_and_heads_pruning(tiny_bert_spec, tmp_path):
     ids, mask = (torch.from_numpy(a) for a in spec.eval.samples[0])
     with torch.no_grad():
         assert student.module(ids, mask).shape == spec.module(ids, mask).shape == (1, 32)
+
+
+def test_cli_shorthands_end_to_end(digits, tmp_path):
+    out = tmp_path / "o"
+    r = run_cli("convert", DIGITS, "--task", "image-classification", "--to", "onnx", "--precision", "fp32",
+                "--prune", "channels=0.5,importance=l2", "--distill",
+                f"data={digits['train']},epochs=1,max_samples=200,threads=1", "-o", out)
+    assert r.exit_code == 0, r.output
+    assert "prune" in r.output and "distill" in r.output
+    m = rt.load(out / "onnx-fp32").manifest
+    assert [s["step"] for s in m.source["compression"]] == ["prune", "distill"]
+    assert m.recipe["steps"][0] == {"kind": "prune", "channels": 0.5, "importance": "l2"}
+    assert list((out / ".distill-checkpoint").glob("*checkpoint.pt"))      # default checkpoint dir: OUT/

@@ -104,7 +104,13 @@ def test_device_profile_targets_are_used(cnn_out, tmp_path):
     assert r.exit_code == 0, r.output
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["device"]["name"] == "pixel-7"
-    assert "not a phone measurement" in report["device"]["latency_basis"]
+    assert "no phone is attached" in report["device"]["latency_basis"]
+    row = report["artifacts"][0]
+    assert row["estimate"]["method"].startswith("estimated (pixel-7, ±")
+    assert row["estimate"]["low_ms"] <= row["estimate"]["latency_ms"] <= row["estimate"]["high_ms"]
+    lat = row["verdict"]["checks"][0]
+    assert lat["name"] == "p90 latency on device (ms)" and lat["value"] == row["estimate"]["latency_ms"]
+    assert row["measured"].startswith("measured (host: ")
     assert report["targets"]["source"] == "device profile pixel-7"
     assert report["targets"]["max_size_mb"] == 50.0
 

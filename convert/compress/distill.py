@@ -68,9 +68,21 @@ def split(n: int, cfg: DistillConfig):
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
-def stack(samples, idx):
+def stack(samples, idx, mask_at: int | None = None):
+    """A batch from samples[idx]. Text models with pooled outputs: trailing padding beyond the longest
+    attention mask is cut (same outputs — padded positions are masked — at a fraction of the cost)."""
     import torch
-    return [torch.cat(t) for t in zip(*[to_torch(samples[i]) for i in idx])]
+    batch = [torch.cat(t) for t in zip(*[to_torch(samples[i]) for i in idx])]
+    if mask_at is not None:
+        n = max(int(batch[mask_at].sum(1).max()), 1)
+        batch = [b[:, :n] if b.ndim >= 2 and b.shape[1] == batch[mask_at].shape[1] else b for b in batch]
+    return batch
+
+
+def mask_index(spec) -> int | None:
+    names = [i["name"] for i in spec.inputs]
+    pooled = spec.task in ("sentence-embedding", "text-classification")
+    return names.index("attention_mask") if pooled and "attention_mask" in names else None
 
 
 class Distill:
@@ -111,13 +123,19 @@ class Distill:
         student = clone(spec)
         model = student.module
         kind = self.loss_kind(spec)
+        mask_at = mask_index(spec)
         # Teacher outputs once (the teacher is the original model: ctx.teacher, never trained).
         teacher = ctx.teacher.module.eval()
         with torch.no_grad():
             t_out = [first(teacher(*to_torch(s))).float() for s in samples]
-        fingerprint = hashlib.sha256(json.dumps(
-            [config_dict(cfg), state_digest(model), len(samples), source], sort_keys=True, default=str
-        ).encode()).hexdigest()[:16]
+        h = hashlib.sha256(json.dumps([config_dict(cfg), state_digest(model), len(samples)], sort_keys=True,
+                                      default=str).encode())
+        for s in samples:                   # the checkpoint belongs to this config, student and data only
+            for x in s:
+                h.update(np.ascontiguousarray(x).tobytes())
+        if labels is not None:
+            h.update(labels.tobytes())
+        fingerprint = h.hexdigest()[:16]
         ckdir = self.checkpoint_dir(ctx)
         ckdir.mkdir(parents=True, exist_ok=True)
         ckfile = ckdir / f"{fingerprint}-{CHECKPOINT}"
@@ -138,7 +156,7 @@ class Distill:
         def evaluate():
             model.eval()
             with torch.no_grad():
-                outs = [first(model(*b)).float() for b in (stack(samples, va[i:i + 64]) for i in range(0, len(va), 64))]
+                outs = [first(model(*b)).float() for b in (stack(samples, va[i:i + 64], mask_at) for i in range(0, len(va), 64))]
             s = torch.cat(outs)
             t = torch.cat([t_out[i] for i in va])
             val_loss = float(self.loss(kind, s, t))
@@ -163,7 +181,7 @@ class Distill:
                 model.train()
                 for b in range(n_batches):
                     idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-                    out = first(model(*stack(samples, idx)))
+                    out = first(model(*stack(samples, idx, mask_at)))
                     y = torch.from_numpy(labels[idx]) if labels is not None else None
                     loss = self.loss(kind, out, torch.cat([t_out[i] for i in idx]), y)
                     opt.zero_grad()

@@ -11,17 +11,12 @@ def encoder_layers(hf):
     """(parent module, attribute name) of the encoder's layer ModuleList (BERT: encoder.layer)."""
     from torch import nn
     for path in ("encoder.layer", "encoder.layers", "transformer.layer", "layers", "layer"):
-        parent, *rest = [hf], path.split(".")
-        obj = hf
-        ok = True
-        for part in path.split("."):
-            parent.append(obj)
-            obj = getattr(obj, part, None)
-            if obj is None:
-                ok = False
-                break
-        if ok and isinstance(obj, nn.ModuleList):
-            return parent[-1], path.split(".")[-1]
+        *parents, attr = path.split(".")
+        owner = hf
+        for part in parents:
+            owner = getattr(owner, part, None)
+        if owner is not None and isinstance(getattr(owner, attr, None), nn.ModuleList):
+            return owner, attr
     return None, None
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import tomllib
 import types
 import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from pocketml.runtime.errors import UsageError

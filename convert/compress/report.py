@@ -93,12 +93,14 @@ def state_digest(module) -> str:
 
 
 def contiguous(module) -> None:
-    """Pruning leaves strided views; exporters (Core ML) want plain contiguous tensors."""
+    """Pruning leaves odd strides (also on size-1 dims, which is_contiguous() ignores); Core ML's exporter
+    rejects them ("non-contiguous dim order"). Give every tensor fresh row-major storage."""
     import torch
     with torch.no_grad():
         for t in list(module.parameters()) + list(module.buffers()):
-            if not t.is_contiguous():
-                t.data = t.data.contiguous()
+            fresh = torch.empty(tuple(t.shape), dtype=t.dtype, device=t.device)
+            fresh.copy_(t.data)
+            t.data = fresh
 
 
 def clone(spec):

@@ -8,7 +8,6 @@ a 1 TiB allocation under the RLIMIT_AS cap, or os._exit(3).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys

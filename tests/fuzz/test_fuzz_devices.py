@@ -57,11 +57,14 @@ def _toml_value(v) -> str:
     return '"?"'
 
 
+def _toml_doc(d: dict) -> bytes:
+    return "\n".join(k if k.startswith("[") else f"{k} = {_toml_value(v)}" for k, v in d.items()).encode()
+
+
 @FUZZ
 @given(st.binary(max_size=512)
        | st.dictionaries(st.sampled_from(["schema", "name", "targets", "cpu", "[cpu]", "[[cpu.clusters]]"]),
-                         scalars.filter(lambda v: v is not None), max_size=6).map(
-           lambda d: "\n".join(f"{k} = {_toml_value(v)}" if not k.startswith("[") else k for k, v in d.items()).encode())
+                         scalars.filter(lambda v: v is not None), max_size=6).map(_toml_doc)
        | st.integers(1, 5000).map(lambda n: b"x = " + b"[" * n + b"]" * n))
 def test_load_on_arbitrary_toml(tmp_path_factory, raw):
     path = tmp_path_factory.mktemp("prof") / "fuzz.toml"
