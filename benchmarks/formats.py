@@ -63,7 +63,7 @@ def main() -> int:
           f"{'accuracy vs fp32':<32} | {'× torch eager':>13} |")
     print("|" + "|".join("-" * w for w in (20, 13, 6, 9, 9, 34, 15)) + "|")
     for m, f, p, lat, size, acc, ratio in rows:
-        print(f"| {m:<18} | {f:<11} | {p:<4} | {lat if lat is None else f'{lat:7.2f}':>7} | "
+        print(f"| {m:<18} | {f:<11} | {p:<4} | {'-' if lat is None else f'{lat:7.2f}':>7} | "
               f"{'' if size is None else f'{size:7.2f}':>7} | {acc:<32} | "
               f"{'' if ratio is None else f'{ratio:12.2f}×':>13} |")
     return 0
