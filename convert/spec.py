@@ -45,7 +45,8 @@ class ModelSpec:
 
     def torch_example(self):
         import torch
-        return tuple(torch.from_numpy(np.ascontiguousarray(x)) for x in self.example())
+        # np.array(copy) gives standard strides: a[None] keeps a zero stride that some converters reject
+        return tuple(torch.from_numpy(np.array(x, order="C", copy=True)) for x in self.example())
 
     @property
     def is_image(self) -> bool:
