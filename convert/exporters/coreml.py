@@ -26,7 +26,7 @@ def _exported(spec, cache):
         try:
             cache["torch_export"] = torch.export.export(spec.module, spec.torch_example()).run_decompositions({})
         except Exception as exc:
-            raise unsupported(exc, FORMAT, spec.name) from exc
+            raise unsupported(exc, FORMAT, spec.name, spec) from exc
     return cache["torch_export"]
 
 
@@ -44,7 +44,7 @@ def _convert(spec, cache, precision: str):
                            convert_to="mlprogram", minimum_deployment_target=getattr(ct.target, MIN_TARGET),
                            compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16)
     except Exception as exc:
-        raise unsupported(exc, FORMAT, spec.name) from exc
+        raise unsupported(exc, FORMAT, spec.name, spec) from exc
     cache[key] = model
     return model
 

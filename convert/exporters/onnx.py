@@ -28,7 +28,7 @@ def _fp32(spec, cache: dict, work: Path) -> Path:
                                      input_names=[i["name"] for i in spec.inputs], output_names=spec.outputs,
                                      verbose=False)
     except Exception as exc:  # the exporter raises many types; all mean "cannot take this model"
-        raise unsupported(exc, FORMAT, spec.name) from exc
+        raise unsupported(exc, FORMAT, spec.name, spec) from exc
     prog.save(str(path))
     cache["onnx_fp32"] = path
     return path

@@ -48,7 +48,7 @@ def _fp32(spec, cache, work: Path) -> Path:
     try:
         litert_torch.convert(module, args).export(str(path))
     except Exception as exc:
-        raise unsupported(exc, FORMAT, spec.name) from exc
+        raise unsupported(exc, FORMAT, spec.name, spec) from exc
     cache["tflite_fp32"] = path
     return path
 
@@ -103,7 +103,7 @@ def _static_int8(spec, calib, dst: Path) -> int:
         litert_torch.convert(converted, args,
                              quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer)).export(str(dst))
     except Exception as exc:
-        raise unsupported(exc, FORMAT, spec.name) from exc
+        raise unsupported(exc, FORMAT, spec.name, spec) from exc
     return float_leading
 
 

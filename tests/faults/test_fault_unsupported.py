@@ -51,9 +51,8 @@ def test_unsupported_op_table(det_run):
     assert_no_partial(out)
 
 
-@pytest.mark.xfail(strict=True, reason="convert/exporters/errors.py reports node '-': the converters' "
-                                       "messages carry no node name to put in the table")
 def test_unsupported_op_table_names_the_node(det_run):
+    """Every rejected row names the graph node (module path and node) that uses the op."""
     r, _ = det_run
     for rows in _tables(r.output).values():
         for row in rows:
