@@ -166,8 +166,9 @@ def profile(paths, device, data, threads, warmup, runs, max_latency, max_drop, m
 @click.option("--device", required=True, help="Device profile name, a profile .toml, or 'all'.")
 @click.option("--threads", default=1, show_default=True)
 @click.option("--budget", default="100ms", show_default=True, help="Latency budget for the verdict column.")
+@click.option("--emulate", is_flag=True, help="Also measure each artifact here and scale it (host emulation).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (one object, or a list for several).")
-def estimate(paths, device, threads, budget, as_json):
+def estimate(paths, device, threads, budget, emulate, as_json):
     """Estimate phone-class latency of artifacts without a phone (ONNX, TFLite, Core ML).
 
     \b
@@ -191,7 +192,7 @@ def estimate(paths, device, threads, budget, as_json):
         check_versions()
         arts = [a for a, _ in discover(list(paths))]
         profiles = [dev.load(n) for n in (dev.available() if device == "all" else [device])]
-        rows = []
+        rows, host_p50 = [], {}
         for art in arts:
             manifest = read_manifest(art)
             verify_checksums(art, manifest)
@@ -201,6 +202,11 @@ def estimate(paths, device, threads, budget, as_json):
                 e["artifact"] = str(art)
                 e["verdict"] = ("N/A: no runtime for this format" if not e["runs_on_device"] else "PASS"
                                 if e["high_ms"] <= limit else "FAIL" if e["low_ms"] > limit else "UNCERTAIN")
+                if emulate and host_p50.get(art) is None:
+                    host_p50[art] = _host_p50(art, threads)
+                if emulate and host_p50[art] is not None:
+                    from pocketml.profiler.estimate.emulate import emulate as run_emulate
+                    e["emulated"] = run_emulate(host_p50[art], e, prof, threads)
                 rows.append(e)
     except PocketmlError as exc:
         _fail(exc)
@@ -211,15 +217,26 @@ def estimate(paths, device, threads, budget, as_json):
 
     from pocketml.profiler.report import make_console
     t = Table(title=f"pocketml estimate — {threads} thread(s), budget {limit:g} ms")
-    for c in ("artifact", "device", "estimate ms", "band ms", f"≤ {limit:g} ms", "method"):
+    for c in ("artifact", "device", "estimate ms", "band ms", f"≤ {limit:g} ms", "method", "emulated ms"):
         t.add_column(c)
     for e in rows:
         t.add_row(Path(e["artifact"]).name, e["device"], f"{e['latency_ms']:.1f}",
-                  f"{e['low_ms']:.1f}–{e['high_ms']:.1f}", e["verdict"], e["method"])
+                  f"{e['low_ms']:.1f}–{e['high_ms']:.1f}", e["verdict"], e["method"],
+                  f"{e['emulated']['latency_ms']:.1f}" if e.get("emulated") else "-")
     make_console().print(t)
     notes = sorted({n for e in rows for n in e.get("notes", [])})
     for n in notes:
         click.echo(f"note: {n}")
+
+
+def _host_p50(art: Path, threads: int) -> float | None:
+    """Host p50 of one artifact for emulation (a short, sandboxed profile run); None if not measurable."""
+    from pocketml.profiler.run import profile as run_profile
+    from pocketml.runtime.manifest import read_manifest
+    if read_manifest(art).format == "coreml" and sys.platform != "darwin":
+        return None
+    row = run_profile([art], threads=threads, warmup=3, runs=20)["artifacts"][0]
+    return row["latency_ms"]["p50"] if row.get("status") == "measured" else None
 
 
 @cli.command()

@@ -75,6 +75,11 @@ def print_table(report: dict, console=None) -> None:
     console.print(table)
     for line in header_lines(report):
         console.print(line, highlight=False, soft_wrap=True)
+    emulated = [r for r in report["artifacts"] if r.get("emulated")]
+    if emulated:
+        console.print("Second opinion — " + emulated[0]["emulated"]["method"].split(":")[0] + ": "
+                      + ", ".join(f"{r['format']}-{r['precision']} ({r['name']}) {r['emulated']['latency_ms']:.1f} ms"
+                                  for r in emulated), highlight=False, soft_wrap=True)
     for row in report["artifacts"]:
         if row.get("status") == "error":   # the table cell is cut at 60 characters; print the whole message
             console.print(f"  ERROR {row['name']} {row['format']}-{row['precision']}: "
@@ -97,6 +102,12 @@ def markdown(report: dict) -> str:
     out += [f"- {line}" for line in header_lines(report)]
     out += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     out += ["| " + " | ".join(cells(r)) + " |" for r in report["artifacts"]]
+    emulated = [r for r in report["artifacts"] if r.get("emulated")]
+    if emulated:
+        out += ["", "## Latency on the device, two ways", "",
+                "| artifact | estimated ms [band] | emulated ms (host p50 × kernel ratios) |", "|---|---|---|"]
+        out += [f"| {r['name']} {r['format']}-{r['precision']} | {_est(r)} | {r['emulated']['latency_ms']:.1f} |"
+                for r in emulated]
     out += ["", "## Checks", ""]
     for r in report["artifacts"]:
         for c in r["verdict"]["checks"]:

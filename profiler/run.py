@@ -191,6 +191,10 @@ def add_estimate(row: dict, prof: dict, threads: int) -> None:
         row["estimate"] = estimate(row["artifact"], prof, threads)
     except PocketmlError as exc:
         row["estimate"] = {"error": str(exc)}
+        return
+    if row.get("status") == "measured":       # second opinion: this host's measurement, scaled
+        from .estimate.emulate import emulate
+        row["emulated"] = emulate(row["latency_ms"]["p50"], row["estimate"], prof, threads)
 
 
 def profile_one(art, explicit, data, threads, warmup, runs, timeout, tmp, user_refs) -> dict:

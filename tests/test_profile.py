@@ -111,6 +111,11 @@ def test_device_profile_targets_are_used(cnn_out, tmp_path):
     lat = row["verdict"]["checks"][0]
     assert lat["name"] == "p90 latency on device (ms)" and lat["value"] == row["estimate"]["latency_ms"]
     assert row["measured"].startswith("measured (host: ")
+    em = row["emulated"]                                   # the second opinion: host p50 scaled
+    assert em["method"].startswith("emulated (pixel-7)") and em["latency_ms"] > 0
+    assert set(em["kernel_ratios"]) == {"gemm-fp32", "gemm-int8", "depthwise", "elementwise"}
+    assert all(v > 0 for v in em["kernel_ratios"].values())
+    assert em["latency_ms"] == pytest.approx(row["latency_ms"]["p50"] * em["scale"], rel=1e-3)
     assert report["targets"]["source"] == "device profile pixel-7"
     assert report["targets"]["max_size_mb"] == 50.0
 
