@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -227,7 +228,7 @@ def run(recipe: Recipe, out_dir: Path, log=print, spec: ModelSpec | None = None)
         spec = apply_steps(spec, recipe, calib, log, out_dir=out_dir)   # a spec whose module is the compressed student
         refs = reference_outputs(spec, data)           # conversion is validated against the student
     outcomes, cache = [], {}
-    work = out_dir / f".work{TMP_MARK}{__import__('os').getpid()}-convert"
+    work = out_dir / f".work{TMP_MARK}{os.getpid()}-convert"
     work.mkdir(exist_ok=True)
     try:
         for fmt in recipe.formats:

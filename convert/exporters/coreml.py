@@ -100,9 +100,7 @@ def structural_check(pkg: Path, ins: list[dict], outs: list[dict], precision: st
 
     compare(ins, spec.description.input, "input")
     compare(outs, spec.description.output, "output")
-    ops = Counter(op.type for f in spec.mlProgram.functions.values()
-                  for b in f.block_specializations.values() for op in b.operations)
-    quant_ops = sum(n for t, n in ops.items() if t.startswith("constexpr_"))
+    quant_ops = _weight_precision(spec)["constexpr_ops"]
     if precision == "int8" and not quant_ops:
         problems.append(f"precision int8 requested but no constexpr (quantized) weights found "
                         f"(only tensors over {WEIGHT_THRESHOLD} elements are quantized)")
@@ -114,9 +112,12 @@ def structural_check(pkg: Path, ins: list[dict], outs: list[dict], precision: st
 
 
 def weight_precision(pkg: Path) -> dict:
+    """Quantized-weight (constexpr_*) op count and the most common ops of a saved .mlpackage."""
     import coremltools as ct
+    return _weight_precision(ct.models.MLModel(str(pkg), skip_model_load=True).get_spec())
 
-    spec = ct.models.MLModel(str(pkg), skip_model_load=True).get_spec()
+
+def _weight_precision(spec) -> dict:
     ops = Counter(op.type for f in spec.mlProgram.functions.values()
                   for b in f.block_specializations.values() for op in b.operations)
     return {"constexpr_ops": sum(n for t, n in ops.items() if t.startswith("constexpr_")),

@@ -111,7 +111,6 @@ def _io(path: Path, spec) -> tuple[list[dict], list[dict]]:
     from pocketml.runtime.session import _tflite_interpreter
 
     it = _tflite_interpreter()(model_path=str(path))
-    sig = it.get_signature_list().get("serving_default", {})
     layout = "NHWC" if _channel_last(spec) else None
 
     def describe(d, name, lay):
@@ -124,7 +123,6 @@ def _io(path: Path, spec) -> tuple[list[dict], list[dict]]:
     outs = it.get_output_details()
     in_specs = [describe(d, s["name"], layout or s.get("layout")) for d, s in zip(ins, spec.inputs)]
     out_specs = [describe(d, n, None) for d, n in zip(outs, spec.outputs)]
-    del sig
     return in_specs, out_specs
 
 
