@@ -12,11 +12,12 @@ from pathlib import Path
 
 from pocketml.runtime.errors import UsageError
 
-from .device_model import PRECISIONS, core_family, cores, device_terms, op_arrays, op_times
+from .band import FLAG_SHARE, band, time_shares
+from .device_model import PRECISIONS, core_family, cores, device_terms, fixed_time, op_arrays, op_times
 from .graph_cost import CATEGORIES, GraphCost, graph_cost
 
 FITTED = Path(__file__).with_name("data") / "fitted.json"
-METHOD = "estimated ({device}, ±{pct} %)"
+METHOD = "estimated ({device}, ±{pct} %{flag})"
 # Condition -> note explaining an extrapolation beyond the calibration data.
 NOTES = {
     "family": "no calibration rows on {family} cores ({core}); the 'big'-core efficiency is assumed",
@@ -25,6 +26,8 @@ NOTES = {
     "tied": "no calibration rows for {cats}; their efficiency is tied to fc / elementwise",
     "threads": "{asked} threads requested, the profile has {cores} cores",
     "runtime": "no {fmt} CPU runtime is listed for this device (runtimes.available)",
+    "uncalibrated": "uncalibrated op categories: {cats} of the estimate (no calibration row spends time "
+                    "there); band widened to x{lo:.2f}-x{hi:.2f}",
 }
 # Artifact format -> the CPU runtime a device profile must list for the artifact to run there.
 CPU_RUNTIME = {"tflite": "litert-cpu-xnnpack", "onnx": "onnxruntime-cpu", "coreml": "coreml-cpu"}
@@ -37,10 +40,11 @@ def _fitted(path: str = str(FITTED)) -> dict:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def _band(fitted: dict) -> tuple[float, float, int]:
-    b = fitted["validation"]["band"]
-    lo, hi = b["ratio_low"], b["ratio_high"]
-    return lo, hi, round(100 * max(1 - lo, hi - 1))
+def _uncalibrated_note(b: dict) -> list[str]:
+    if b["uncalibrated_share"] < FLAG_SHARE:
+        return []
+    cats = ", ".join(f"{c} {100 * s:.0f} %" for c, s in b["uncalibrated_categories"].items())
+    return [NOTES["uncalibrated"].format(cats=cats, lo=b["ratio_low"], hi=b["ratio_high"])]
 
 
 def _notes(cost: GraphCost, dev: dict, profile: dict, fitted: dict, threads: int) -> list[str]:
@@ -96,21 +100,25 @@ def estimate(artifact_path, device_profile_dict: dict, threads: int = 1, *, cost
     fitted = _fitted()
     cost = cost or graph_cost(artifact_path)
     dev = device_terms(device_profile_dict, threads)      # UsageError naming a missing CPU field
-    times = op_times(op_arrays(cost.ops), dev, fitted["params"], runtime)
+    arr = op_arrays(cost.ops)
+    times = op_times(arr, dev, fitted["params"], runtime)
     ms = float(times.sum() * 1e3)
-    lo, hi, pct = _band(fitted)
+    exec_prec = [PRECISIONS.index(dev["exec"][PRECISIONS[i]]) for i in arr["prec"]]
+    b = band(fitted, *time_shares(arr["cat"], exec_prec, times, fixed_time(dev, fitted["params"])))
+    lo, hi, flagged = b["ratio_low"], b["ratio_high"], b["uncalibrated_share"] >= FLAG_SHARE
     name = device_profile_dict.get("name", "profile")
     lead = cores(device_profile_dict)[0]
     return {"device": name, "threads": dev["threads"], "format": cost.format,
             "precision": _artifact_precision(artifact_path, cost),
             "compute_precision": sorted({dev["exec"][o.precision] for o in cost.live() if o.macs}) or ["fp32"],
             "latency_ms": round(ms, 3), "low_ms": round(ms * lo, 3), "high_ms": round(ms * hi, 3),
-            "method": METHOD.format(device=name, pct=pct),
+            "method": METHOD.format(device=name, pct=b["pct"], flag=", uncalibrated op mix" if flagged else ""),
+            "band": b, "uncalibrated_categories": b["uncalibrated_categories"] if flagged else {},
             "runs_on_device": _runs_on(cost.format, device_profile_dict),
             "breakdown": _breakdown(cost, times),
             "totals": {**cost.totals(), "lead_core": f"{lead['arm_core']} @ {lead['max_clock_ghz']:g} GHz",
                        "core_family": core_family(lead)},
-            "notes": _notes(cost, dev, device_profile_dict, fitted, threads)}
+            "notes": _uncalibrated_note(b) + _notes(cost, dev, device_profile_dict, fitted, threads)}
 
 
 def estimate_all(artifact, threads: int = 1) -> list[dict]:

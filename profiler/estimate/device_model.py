@@ -145,9 +145,13 @@ def op_times(arr: dict, dev: dict, params: dict, runtime: str = "xnnpack") -> np
     memory = arr["bytes"] / np.where(arr["bytes"] <= dev["cache_bytes"], cache, dram)
     eff = eff_table(params)[exec_idx, arr["cat"]] * params["family"].get(dev["family"], 1.0)
     eff = eff / params["runtime"].get(runtime, 1.0)
+    return np.maximum(compute, memory) / eff + fixed_time(dev, params)
+
+
+def fixed_time(dev: dict, params: dict) -> float:
+    """Seconds every live op costs whatever its size: dispatch, plus thread sync when threads > 1."""
     fixed = params["dispatch_us"] * 1e-6 * 2.0 / dev["clock_ghz"]
-    fixed += params["sync_us"] * 1e-6 if dev["threads"] > 1 else 0.0
-    return np.maximum(compute, memory) / eff + fixed
+    return fixed + (params["sync_us"] * 1e-6 if dev["threads"] > 1 else 0.0)
 
 
 def latency_ms(arr: dict, dev: dict, params: dict, runtime: str = "xnnpack") -> float:

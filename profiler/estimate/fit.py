@@ -4,7 +4,9 @@
     python -m pocketml.profiler.estimate.fit --build-costs # (needs torch + litert-torch) rebuild
                                                            # data/costs.json.gz from zoo.py
 
-Only rows with role=fit enter the fit; role=holdout rows are predicted, never fitted.
+Only rows with role=fit enter the fit; role=holdout rows are predicted, never fitted, and set
+the band width with the fit rows' leave-one-device-out residuals; role=check rows (published
+measurements of op mixes the fit never saw, e.g. transformers) are predicted and reported only.
 Parameters live in log space; a weak prior pulls each toward a physically plausible value
 so categories the MobileNets barely exercise (fc, pooling) stay sane.
 """
@@ -26,6 +28,7 @@ DATA = Path(__file__).with_name("data")
 MEASUREMENTS, COSTS, FITTED = DATA / "measurements.csv", DATA / "costs.json.gz", DATA / "fitted.json"
 PRIOR_WEIGHT = 0.15           # residual weight of one parameter's log-distance from its prior
 BAND = (0.10, 0.90)           # quantiles of out-of-sample measured/estimated that bound the band
+BAND_PRECISIONS = ("fp32", "int8")   # a band each; fp16 (no rows) takes the fp32 one
 
 # name -> (prior, low, high). eff.<precision>.<category> are efficiencies of the roofline peak.
 PRIOR = {"par_eff": (0.85, 0.3, 1.0), "par_exp": (1.0, 0.4, 1.0), "mem_eff": (0.3, 0.02, 1.0),
@@ -135,8 +138,62 @@ def by_device(rows, pred) -> dict:
     return out
 
 
-def validate(prob: Problem, fit_rows, hold_rows, final) -> dict:
-    """Leave-one-device-out on the fit rows; the final fit on the hold-out rows."""
+def _q(r, q) -> float:
+    return float(np.quantile(r, q))
+
+
+def band_of(groups) -> tuple[float, float]:
+    """Union of each non-empty group's [q10, q90] of measured/estimated: the leave-one-device-out
+    fit rows and the hold-out rows are two samples of the error, and the hold-out one is biased."""
+    groups = [g for g in groups if len(g)]
+    return min(_q(g, BAND[0]) for g in groups), max(_q(g, BAND[1]) for g in groups)
+
+
+def precision_band(loo: np.ndarray, hold: np.ndarray) -> dict:
+    """One precision's band, its coverage of the hold-out rows (each row left out of the band it is
+    checked against) and of the LOO fit rows, and the centre's bias (median measured/estimated)."""
+    lo, hi = band_of([loo, hold])
+    inside = [lo_i <= r <= hi_i for i, r in enumerate(hold)
+              for lo_i, hi_i in [band_of([loo, np.delete(hold, i)])]]
+    r4 = lambda x: round(float(x), 4)                        # noqa: E731
+    return {"ratio_low": r4(lo), "ratio_high": r4(hi), "n_fit_loo": int(len(loo)), "n_holdout": int(len(hold)),
+            "holdout_coverage": r4(np.mean(inside)) if len(hold) else None,
+            "fit_loo_coverage": r4(np.mean((loo >= lo) & (loo <= hi))) if len(loo) else None,
+            "median_ratio_fit_loo": r4(np.median(loo)) if len(loo) else None,
+            "median_ratio_holdout": r4(np.median(hold)) if len(hold) else None,
+            "holdout_ratio_range": [r4(hold.min()), r4(hold.max())] if len(hold) else None}
+
+
+def bands(fit_rows, loo, hold_rows, hold) -> dict:
+    ratio = lambda rows, pred, p: np.array([r["latency_ms"] / e for r, e in zip(rows, pred)  # noqa: E731
+                                            if r["precision"] == p])
+    out = {p: precision_band(ratio(fit_rows, loo, p), ratio(hold_rows, hold, p)) for p in BAND_PRECISIONS}
+    return {"quantiles": list(BAND), "centre": "the fit's estimate, not recentred on hold-out rows",
+            "basis": "per precision: union of the q10-q90 ranges of measured/estimated over the "
+                     "leave-one-device-out fit rows and over the hold-out rows (final fit); hold-out "
+                     "coverage counts each hold-out row against the band rebuilt without it",
+            **out, "fp16": {**out["fp32"], "note": "no fp16 rows: the fp32 band"}}
+
+
+def category_shares(prob: Problem, params, rows) -> dict:
+    """Mean and max share of modelled time (efficiency-dependent part, as in band.time_shares) per
+    op category over the fit rows: a category the fit rows barely spend time in is uncalibrated,
+    whatever its fitted efficiency says."""
+    from .band import time_shares
+    from .device_model import fixed_time, op_times
+    shares = []
+    for r in rows:
+        arr, dev = prob.costs[f"{r['model']}|{r['precision']}"], prob.devs[(r["device"], r["threads"])]
+        t = op_times(arr, dev, params, r["runtime"])
+        by_cat = time_shares(arr["cat"], arr["prec"], t, fixed_time(dev, params))[0]
+        shares.append([by_cat.get(c, 0.0) for c in CATEGORIES])
+    sh = np.array(shares)
+    return {c: {"mean": round(float(sh[:, i].mean()), 4), "max": round(float(sh[:, i].max()), 4)}
+            for i, c in enumerate(CATEGORIES)}
+
+
+def validate(prob: Problem, fit_rows, hold_rows, final, check_rows=()) -> dict:
+    """Leave-one-device-out on the fit rows; the final fit on the hold-out and check rows."""
     loo = np.zeros(len(fit_rows))
     for dev in sorted({r["device"] for r in fit_rows}):
         train = [r for r in fit_rows if r["device"] != dev]
@@ -144,18 +201,18 @@ def validate(prob: Problem, fit_rows, hold_rows, final) -> dict:
         loo[idx] = prob.predict(prob.fit(train), [fit_rows[i] for i in idx])
     meas = np.array([r["latency_ms"] for r in fit_rows])
     hold = prob.predict(final, hold_rows) if hold_rows else np.array([])
-    # every out-of-sample prediction: fit rows left out with their device, and the hold-out rows
-    ratio = np.concatenate([meas / loo, np.array([r["latency_ms"] for r in hold_rows]) / hold])
+    check = prob.predict(final, list(check_rows)) if check_rows else np.array([])
     return {"fit_loo": {"overall": metrics(meas, loo), "per_device": by_device(fit_rows, loo)},
             "fit_in_sample": metrics(meas, prob.predict(final, fit_rows)),
             "holdout": {"overall": metrics([r["latency_ms"] for r in hold_rows], hold),
-                        "per_device": by_device(hold_rows, hold)} if hold_rows else {},
-            "band": {"quantiles": list(BAND), "basis": "measured/estimated over LOO fit rows + hold-out rows",
-                     "n": int(len(ratio)), "ratio_low": round(float(np.quantile(ratio, BAND[0])), 4),
-                     "ratio_high": round(float(np.quantile(ratio, BAND[1])), 4)},
+                        "per_device": by_device(hold_rows, hold),
+                        "per_precision": {p: metrics([r["latency_ms"] for r in hold_rows if r["precision"] == p],
+                                                     [e for r, e in zip(hold_rows, hold) if r["precision"] == p])
+                                          for p in BAND_PRECISIONS}} if hold_rows else {},
+            "band": bands(fit_rows, loo, hold_rows, hold),
             "rows": [{**{k: r[k] for k in ("model", "device", "threads", "precision", "latency_ms", "role")},
                       "estimate_ms": round(float(p), 2)} for r, p in
-                     zip(fit_rows + hold_rows, list(loo) + list(hold))]}
+                     zip(fit_rows + hold_rows + list(check_rows), list(loo) + list(hold) + list(check))]}
 
 
 def run(out: Path = FITTED) -> dict:
@@ -166,14 +223,16 @@ def run(out: Path = FITTED) -> dict:
     prob = Problem(rows, costs, profiles)
     fit_rows = [r for r in prob.rows if r["role"] == "fit"]
     hold_rows = [r for r in prob.rows if r["role"] == "holdout"]
+    check_rows = [r for r in prob.rows if r["role"] == "check"]
     final = prob.fit(fit_rows)
-    report = validate(prob, fit_rows, hold_rows, final)
+    report = validate(prob, fit_rows, hold_rows, final, check_rows)
     result = {"schema": "pocketml.estimate/1", "params": final, "validation": report,
               "calibration": {"fit_rows": len(fit_rows), "holdout_rows": len(hold_rows),
                               "devices_fit": sorted({r["device"] for r in fit_rows}),
                               "families_fit": sorted({prob.devs[(r["device"], r["threads"])]["family"]
                                                       for r in fit_rows}),
                               "precisions_fit": sorted({r["precision"] for r in fit_rows}),
+                              "category_time_share": category_shares(prob, final, fit_rows),
                               "missing_costs": prob.missing, "prior_weight": PRIOR_WEIGHT}}
     out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     return result
@@ -188,7 +247,12 @@ def print_report(res: dict) -> None:
     print("holdout rows:", v["holdout"].get("overall"))
     for d, m in v["holdout"].get("per_device", {}).items():
         print(f"  {d:10s} {m}")
-    print("band ratio:", v["band"])
+    for p in BAND_PRECISIONS:
+        print(f"band {p}:", v["band"][p])
+    for r in v["rows"]:
+        if r["role"] == "check":
+            print("check row:", r)
+    print("category time share over fit rows:", res["calibration"]["category_time_share"])
     print(json.dumps({k: v for k, v in res["params"].items() if k != "eff"}, indent=None))
     for pr, e in res["params"]["eff"].items():
         print(pr, {c: round(e[c], 3) for c in CATEGORIES})

@@ -3,7 +3,8 @@
 Layer tables follow the reference definitions: MobileNet V1 (tensorflow/models slim
 mobilenet_v1.py), V2 / V3 (slim mobilenet/mobilenet_v2.py, mobilenet_v3.py), MnasNet-A1
 (tensorflow/tpu models/official/mnasnet/mnasnet_models.py), EfficientNet-Lite (the
-efficientnet-lite-pytorch package). Batch norm is folded into the conv bias, as every
+efficientnet-lite-pytorch package), ResNet-18/50 (torchvision resnet.py layout), MobileBERT and
+MiniLM-L6 (transformers configs, no download). Batch norm is folded into the conv bias, as every
 converter does, so convs carry a bias and no BN op.
 """
 from __future__ import annotations
@@ -138,6 +139,59 @@ def mnasnet_a1(alpha=1.0):
     return Net(layers, 1280)
 
 
+class Bottleneck(nn.Module):
+    """ResNet v1.5 block (torchvision layout: stride on the 3x3); expansion 4, or 1 for basic blocks."""
+
+    def __init__(self, cin, mid, s, basic):
+        super().__init__()
+        cout = mid if basic else mid * 4
+        body = ([conv(cin, mid, 3, s, act="relu"), conv(mid, mid, 3, act=None)] if basic else
+                [conv(cin, mid, 1, act="relu"), conv(mid, mid, 3, s, act="relu"), conv(mid, cout, 1, act=None)])
+        self.body = nn.Sequential(*body)
+        self.down = conv(cin, cout, 1, s, act=None) if s != 1 or cin != cout else nn.Identity()
+        self.out = nn.ReLU()
+
+    def forward(self, x):
+        return self.out(self.body(x) + self.down(x))
+
+
+def resnet(depth=50):
+    """ResNet-18 / 50 as torchvision builds them (1000 classes), BN folded."""
+    blocks, basic = {18: ((2, 2, 2, 2), True), 50: ((3, 4, 6, 3), False)}[depth]
+    layers, cin = [conv(3, 64, 7, 2, act="relu"), nn.MaxPool2d(3, 2, 1)], 64
+    for i, (n, mid) in enumerate(zip(blocks, (64, 128, 256, 512))):
+        for j in range(n):
+            layers.append(Bottleneck(cin, mid, 2 if i and not j else 1, basic))
+            cin = mid if basic else mid * 4
+    return Net(layers, cin, classes=1000)
+
+
+class Encoder(nn.Module):
+    """A Hugging Face encoder with (input_ids, attention_mask) int32 inputs -> last hidden state."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def mobilebert():
+    """google/mobilebert-uncased shape (transformers' MobileBertConfig defaults: 24 layers,
+    hidden 512, bottleneck 128, 4 heads, 4 stacked FFNs), random weights."""
+    from transformers import MobileBertConfig, MobileBertModel
+    return Encoder(MobileBertModel(MobileBertConfig(), add_pooling_layer=False))
+
+
+def minilm():
+    """sentence-transformers/all-MiniLM-L6-v2 shape (BERT, 6 layers, hidden 384, 12 heads,
+    FFN 1536), random weights."""
+    from transformers import BertConfig, BertModel
+    cfg = BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)
+    return Encoder(BertModel(cfg, add_pooling_layer=False))
+
+
 def efficientnet_lite(n=0):
     from efficientnet_lite_pytorch import EfficientNet
     return EfficientNet.from_name(f"efficientnet-lite{n}")
@@ -147,9 +201,12 @@ def _v3(size, alpha=1.0, mini=False):
     return lambda: mobilenet_v3(size, alpha, mini)
 
 
-# name -> (builder, input resolution). Names are the `model` column of measurements.csv.
+# name -> (builder, input resolution; negative = a text encoder's sequence length). Names are the
+# `model` column of measurements.csv and the rows of benchmarks/estimate_zoo.py.
 def catalog() -> dict:
     cat = {"mobilenet_v1_1.0_224": (lambda: mobilenet_v1(1.0), 224),
+           "resnet18": (lambda: resnet(18), 224), "resnet50": (lambda: resnet(50), 224),
+           "mobilebert": (mobilebert, -128), "minilm_l6": (minilm, -128),
            "mobilenet_v3_large_1.0_224": (_v3("large"), 224), "mobilenet_v3_large_0.75_224": (_v3("large", .75), 224),
            "mobilenet_v3_small_1.0_224": (_v3("small"), 224), "mobilenet_v3_small_0.75_224": (_v3("small", .75), 224),
            "mobilenet_v3_large_minimalistic_1.0_224": (_v3("large", 1.0, True), 224),
@@ -158,6 +215,8 @@ def catalog() -> dict:
         for r in (224, 192, 160, 128, 96):
             cat[f"mobilenet_v2_{a}_{r}"] = ((lambda a=a: mobilenet_v2(a)), r)
             cat[f"mnasnet_a1_{a}_{r}"] = ((lambda a=a: mnasnet_a1(a)), r)
+    for a, r in [(a, 224) for a in (0.25, 0.5, 0.75)] + [(1.0, r) for r in (128, 160, 192)]:
+        cat[f"mobilenet_v1_{a}_{r}"] = ((lambda a=a: mobilenet_v1(a)), r)
     for n, r in enumerate((224, 240, 260, 280, 300)):
         cat[f"efficientnet_lite{n}"] = ((lambda n=n: efficientnet_lite(n)), r)
     return cat
@@ -173,11 +232,18 @@ def build(name: str):
 CACHE = "/tmp/pocketml-estimate-costs"
 
 
+def example(res: int) -> tuple:
+    """Example inputs: an NHWC image, or (input_ids, attention_mask) of length -res."""
+    if res < 0:
+        return (torch.randint(0, 1000, (1, -res), dtype=torch.int32), torch.ones(1, -res, dtype=torch.int32))
+    return (torch.rand(1, res, res, 3),)
+
+
 def _tflite(name: str, dst: str) -> None:
     import litert_torch
     model, res = build(name)
-    module = litert_torch.to_channel_last_io(model, args=[0]).eval()
-    litert_torch.convert(module, (torch.rand(1, res, res, 3),)).export(dst)
+    module = model if res < 0 else litert_torch.to_channel_last_io(model, args=[0]).eval()
+    litert_torch.convert(module, example(res)).export(dst)
 
 
 def int8_of(fp32: dict) -> dict:
@@ -223,6 +289,9 @@ def build_costs(keys, only=None, shard=0, nshard=1) -> None:
             json.dump(cost, fh)
         print(f"{name}: {cost['macs'] / 1e6:.1f} MMACs, {len(cost['ops'])} ops", flush=True)
     merged = {}
+    if os.path.exists(COSTS):                                   # keep tables whose cache is gone
+        with gzip.open(COSTS, "rt", encoding="utf-8") as fh:
+            merged = {k: v for k, v in json.load(fh).items() if k in keys}
     for key in keys:
         name, precision = key.split("|")
         if os.path.exists(cached(f"{name}|fp32")):
