@@ -70,9 +70,11 @@ def cli(verbose: bool) -> None:
               "(CNNs) or heads=0.5,ffn=0.5 (transformers).")
 @click.option("--drop-layers", "drop_layers", help="Keep only these encoder layers: keep=0,2,4.")
 @click.option("--distill", "distill", help="Distill the compressed model from the original: [data=DIR][,epochs=N].")
+@click.option("--max-drop", "max_drop", help="ONNX int8: keep the most sensitive layers float until the accuracy "
+              "drop on the calibration data is within this budget, e.g. 1% (automatic mixed precision).")
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(), help="Output directory.")
 def convert(model, formats, precisions, calib, task, seq_len, trust_remote_code, no_reuse, recipe_file, prune,
-            drop_layers, distill, out_dir):
+            drop_layers, distill, max_drop, out_dir):
     """Convert MODEL into validated artifacts, one directory per format × precision.
 
     \b
@@ -86,11 +88,14 @@ def convert(model, formats, precisions, calib, task, seq_len, trust_remote_code,
       pocketml convert mypkg.models:build --to tflite --precision int8 --calib ./images -o out/mine
       pocketml convert minilm-l6 --recipe recipes/minilm-phone.toml --to onnx -o out/minilm-small
       pocketml convert efficientnet-lite0 --prune channels=0.3 --distill epochs=5 --to tflite -o out/eff
+      pocketml convert minilm-l6 --to onnx --precision int8 --max-drop 0.5% -o out/minilm-mixed
     """
     from pocketml.convert import Recipe, run
 
     recipe = Recipe(model=model, formats=_csv(formats), precisions=_csv(precisions), calib=calib, task=task,
                     trust_remote_code=trust_remote_code, seq_len=seq_len, options={"reuse": not no_reuse})
+    if max_drop is not None:
+        recipe.options["max_drop"] = _fraction(max_drop)
     try:
         recipe.steps = _compression_steps(recipe_file, prune, drop_layers, distill)
         check_versions(CONVERT_PACKAGES)
@@ -173,7 +178,8 @@ def estimate(paths, device, threads, budget, emulate, as_json):
 
     \b
     The estimate is a roofline model over the artifact's graph, fitted on published phone
-    measurements; its band is the measured leave-one-device-out error (docs/ESTIMATE.md).
+    measurements; its band comes from leave-one-device-out and hold-out errors, per precision,
+    widened for op categories the fit never saw (docs/ESTIMATE.md).
     Examples:
       pocketml estimate out/effnet/tflite-int8 --device galaxy-a14-5g --threads 4 --json
       pocketml estimate out/minilm --device all

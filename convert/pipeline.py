@@ -41,6 +41,21 @@ class Recipe:
         if bad_f or bad_p or not self.formats or not self.precisions:
             raise UsageError(f"unknown format(s) {bad_f or ''} precision(s) {bad_p or ''}: formats are "
                              f"{', '.join(FORMATS)}; precisions are {', '.join(PRECISIONS)}")
+        self.check_max_drop()
+
+    def check_max_drop(self) -> None:
+        """--max-drop drives the mixed-precision search, implemented for ONNX int8 (exporters/mixed.py)."""
+        max_drop = self.options.get("max_drop")
+        if max_drop is None:
+            return
+        if not 0 <= max_drop < 1:
+            raise UsageError(f"--max-drop {max_drop:g} is outside [0, 1) (a fraction, or a percentage like 1%)")
+        if "int8" not in self.precisions:
+            raise UsageError("--max-drop keeps sensitive layers out of int8: it needs --precision int8")
+        other = [f for f in self.formats if f != "onnx"]
+        if other:
+            raise UsageError(f"--max-drop (automatic mixed precision) is implemented for ONNX int8 only, not "
+                             f"{', '.join(other)}: convert those formats in a separate command without --max-drop")
 
     def as_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -182,7 +197,7 @@ def reusable(path: Path, key: str) -> Manifest | None:
     return manifest
 
 
-def export_one(spec, recipe, fmt, precision, out_dir, cache, work, calib, data, refs) -> Outcome:
+def export_one(spec, recipe, fmt, precision, out_dir, cache, work, calib, data, refs, log=print) -> Outcome:
     t0 = time.perf_counter()
     name = f"{fmt}-{precision}"
     key = artifact_key(spec, recipe, fmt, precision, calib, data)
@@ -190,7 +205,7 @@ def export_one(spec, recipe, fmt, precision, out_dir, cache, work, calib, data, 
         return Outcome(name, out_dir / name, old, seconds=time.perf_counter() - t0, reused=True)
     exporter = exporters.get_exporter(fmt)
     with staging_dir(out_dir / name) as tmp:
-        result = exporter.export(spec, precision, tmp, cache, work, calib=calib, options=recipe.options)
+        result = exporter.export(spec, precision, tmp, cache, work, calib=calib, options=recipe.options, log=log)
         manifest = build_manifest(spec, recipe, fmt, precision, result, {})
         manifest.recipe["artifact_key"] = key
         manifest.validation = validate_artifact(tmp, manifest, spec, refs, data, precision)
@@ -234,7 +249,7 @@ def run(recipe: Recipe, out_dir: Path, log=print, spec: ModelSpec | None = None)
         for fmt in recipe.formats:
             for precision in recipe.precisions:
                 try:
-                    o = export_one(spec, recipe, fmt, precision, out_dir, cache, work, calib, data, refs)
+                    o = export_one(spec, recipe, fmt, precision, out_dir, cache, work, calib, data, refs, log)
                     how = "unchanged, reused" if o.reused else f"{o.seconds:5.1f}s"
                     log(f"  ✓ {o.name:<14} {how}  {describe_validation(o.manifest.validation)}")
                 except PocketmlError as exc:

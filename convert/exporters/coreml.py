@@ -49,7 +49,8 @@ def _convert(spec, cache, precision: str):
     return model
 
 
-def export(spec, precision: str, out_dir: Path, cache: dict, work: Path, calib=None, options=None) -> ExportResult:
+def export(spec, precision: str, out_dir: Path, cache: dict, work: Path, calib=None, options=None,
+           log=print) -> ExportResult:
     if (options or {}).get("coreml_activations") == "int8":
         raise UsageError("Core ML int8 activations need calibration that runs the Core ML runtime, "
                          "which exists only on macOS; pocketml will not substitute weight-only int8 "

@@ -66,9 +66,9 @@ class _Reader:
 CALIBRATION = f"percentile {PERCENTILE}"
 
 
-def _static_int8(spec, calib, pre: Path, dst: Path, work: Path) -> list[str]:
+def _static_int8(spec, calib, pre: Path, work: Path):
     """QDQ, per-channel int8 weights, uint8 activations, percentile calibration, bias correction,
-    float stem (see cnn_int8.py for why each)."""
+    float stem (see cnn_int8.py for why each). Returns (build(float_layers, dst), fixed float layers)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -81,19 +81,92 @@ def _static_int8(spec, calib, pre: Path, dst: Path, work: Path) -> list[str]:
         src = work / "onnx-int8-bias-corrected.onnx"
         cnn_int8.onnx_bias_correct(str(pre), str(src), [s[0] for s in calib.samples], spec.inputs[0]["name"],
                                    skip=keep)
-    quantize_static(str(src), str(dst), _Reader([i["name"] for i in spec.inputs], calib.samples),
-                    quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8, nodes_to_exclude=keep,
-                    calibrate_method=CalibrationMethod.Percentile,
-                    extra_options={"ActivationSymmetric": False, "CalibPercentile": PERCENTILE})
-    return keep
+    cache = work / "onnx-int8-calibration.json"       # calibrate once; mixed-precision trials reuse the ranges
+    cache.unlink(missing_ok=True)
+
+    def build(float_layers, dst):
+        quantize_static(str(src), str(dst), _Reader([i["name"] for i in spec.inputs], calib.samples),
+                        quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, nodes_to_exclude=list(float_layers),
+                        calibrate_method=CalibrationMethod.Percentile, calibration_cache_path=str(cache),
+                        extra_options={"ActivationSymmetric": False, "CalibPercentile": PERCENTILE})
+    return build, keep
 
 
-def export(spec, precision: str, out_dir: Path, cache: dict, work: Path, calib=None, options=None) -> ExportResult:
+def _dynamic_int8(pre: Path):
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    def build(float_layers, dst):
+        # dynamic quantization first rewrites each Gemm as MatMul + Add, naming the MatMul "<gemm>_MatMul"
+        quantize_dynamic(str(pre), str(dst), per_channel=True, weight_type=QuantType.QInt8,
+                         nodes_to_exclude=[x for n in float_layers for x in (n, f"{n}_MatMul")])
+    return build, []
+
+
+def _rename_fusion_constants(path: Path) -> None:
+    """quant_pre_process runs ORT's MatMulAddFusion, which names its shape constants `gemm_input_shape…`.
+    A MatMul left float next to an Add (mixed precision) is fused again when the session loads, under
+    the same names, and ORT refuses the model ("Attempt to replace the existing tensor"). Renaming the
+    first pass's constants avoids the clash."""
+    import onnx
+
+    model = onnx.load(str(path))
+    rename = {i.name: f"pre_{i.name}" for i in model.graph.initializer if i.name.startswith("gemm_")}
+    if not rename:
+        return
+    for init in model.graph.initializer:
+        init.name = rename.get(init.name, init.name)
+    for vi in model.graph.value_info:
+        vi.name = rename.get(vi.name, vi.name)
+    for node in model.graph.node:
+        node.input[:] = [rename.get(x, x) for x in node.input]
+    onnx.save(model, str(path))
+
+
+# Ops a mixed-precision search may keep float: those ORT quantizes and that carry weights or tables.
+QUANTIZABLE = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Gather", "Attention", "EmbedLayerNormalization", "LSTM")
+MIXED_SAMPLES = 64
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = 1, 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _mixed(spec, calib, base: Path, build, fixed: list, dst: Path, work: Path, max_drop: float, log) -> dict:
+    """--max-drop: keep the most sensitive layers float (exporters/mixed.py), measured on calibration data."""
+    import onnx
+
+    from . import mixed
+    if calib is None or not calib.samples:
+        raise UsageError(f"{spec.name}: --max-drop measures each layer's sensitivity on data: pass --calib DIR")
+    names = [i["name"] for i in spec.inputs]
+    samples = calib.samples[:MIXED_SAMPLES]
+
+    def evaluate(path):
+        sess = _session(path)
+        return np.concatenate([sess.run(None, dict(zip(names, s)))[0] for s in samples])
+
+    graph = onnx.load(str(base), load_external_data=False).graph
+    candidates = [n.name for n in graph.node if n.op_type in QUANTIZABLE and n.name not in fixed]
+    search = mixed.Search(candidates, build, evaluate, evaluate(base), spec.metric, max_drop, tuple(fixed), log)
+    report = search.run(dst, work)
+    report["data"] = f"{len(samples)} calibration samples ({calib.source})"
+    if report["float_layers"]:
+        feeds = dict(zip(names, samples[0]))
+        report["cost"] = mixed.cost(work / "mixed-all.onnx", dst,
+                                    lambda p, s=None: mixed.host_p50_ms(lambda sess=_session(p): sess.run(None, feeds)))
+    return report
+
+
+def export(spec, precision: str, out_dir: Path, cache: dict, work: Path, calib=None, options=None,
+           log=print) -> ExportResult:
     base = _fp32(spec, cache, work)
     dst = out_dir / "model.onnx"
     method = method_for(FORMAT, precision, spec.family)
-    notes, float_layers = [], []
+    notes, float_layers, mixed_report = [], [], None
     if precision == "fp32":
         shutil.copyfile(base, dst)
     elif precision == "fp16":
@@ -105,20 +178,28 @@ def export(spec, precision: str, out_dir: Path, cache: dict, work: Path, calib=N
         notes.append("onnxruntime's CPU provider has few fp16 kernels: expect Cast ops and little speed-up "
                      "on the host; fp16 pays off on GPU/NNAPI/CoreML execution providers")
     elif precision == "int8":
-        from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
         pre = work / "onnx-int8-pre.onnx"
         if not pre.exists():
             quant_pre_process(str(base), str(pre), skip_symbolic_shape=True)
+            _rename_fusion_constants(pre)
         if "static" in method:
             if not calib:
                 raise UsageError(f"{spec.name}: static int8 needs calibration data (--calib DIR)")
-            float_layers = _static_int8(spec, calib, pre, dst, work)
+            build, float_layers = _static_int8(spec, calib, pre, work)
         else:
-            quantize_dynamic(str(pre), str(dst), per_channel=True, weight_type=QuantType.QInt8)
+            build, float_layers = _dynamic_int8(pre)
+        max_drop = (options or {}).get("max_drop")
+        if max_drop is None:
+            build(float_layers, dst)
+        else:
+            mixed_report = _mixed(spec, calib, pre, build, float_layers, dst, work, max_drop, log)
+            float_layers = float_layers + mixed_report["float_layers"]
     ins, outs = _io(dst, spec)
     quant = {"method": method}
+    if mixed_report:
+        quant["mixed_precision"] = mixed_report
     if calib and precision == "int8" and "static" in method:
         quant["calibration"] = {"samples": len(calib), "source": calib.source, "observer": CALIBRATION,
                                 "bias_correction": True, "float_layers": float_layers}

@@ -126,7 +126,8 @@ def _io(path: Path, spec) -> tuple[list[dict], list[dict]]:
     return in_specs, out_specs
 
 
-def export(spec, precision: str, out_dir: Path, cache: dict, work: Path, calib=None, options=None) -> ExportResult:
+def export(spec, precision: str, out_dir: Path, cache: dict, work: Path, calib=None, options=None,
+           log=print) -> ExportResult:
     dst = out_dir / "model.tflite"
     method = method_for(FORMAT, precision, spec.family)
     if precision == "int8" and "static" in method:
