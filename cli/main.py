@@ -59,7 +59,8 @@ def cli(verbose: bool) -> None:
 @cli.command()
 @click.argument("model")
 @click.option("--to", "formats", default="onnx,tflite,coreml", show_default=True, help="Target formats.")
-@click.option("--precision", "precisions", default="fp32", show_default=True, help="fp32,fp16,int8")
+@click.option("--precision", "precisions", default="fp32", show_default=True,
+              help="fp32,fp16,int8,int8w,int4 (int8w: weight-only int8; int4: 4-bit weights, see docs/COMPRESSION.md).")
 @click.option("--calib", type=click.Path(), help="Calibration data directory (images, .npy/.npz, .txt).")
 @click.option("--task", help="For Hugging Face dirs: feature-extraction, sentence-embedding, text-classification.")
 @click.option("--seq-len", default=128, show_default=True, help="Sequence length for text models.")

@@ -17,6 +17,7 @@ def quiet(verbose: bool) -> None:
     os.environ["POCKETML_QUIET"] = "1"
     os.environ.setdefault("HF_HUB_OFFLINE", "1") if os.environ.get("POCKETML_OFFLINE", "1") == "1" else None
     warnings.filterwarnings("ignore")
-    for name in ("coremltools", "torch", "torch.onnx", "onnxscript", "root", "absl", "torchao", "transformers"):
+    for name in ("coremltools", "torch", "torch.onnx", "onnxscript", "root", "absl", "torchao", "transformers",
+                 "onnxruntime", "onnxruntime.quantization", "onnxruntime.quantization.matmul_nbits_quantizer"):
         logging.getLogger(name).setLevel(logging.ERROR)
     logging.getLogger().setLevel(logging.ERROR)

@@ -54,6 +54,7 @@ def minilm_l6(seq_len: int = 128) -> ModelSpec:
     pre = dict(spec.preprocessing)
     spec.calib = datasets.sentence_set("calib", pre, spec.tokenizer_file, limit=128)
     spec.eval = datasets.sentence_set("eval", pre, spec.tokenizer_file, limit=64)
+    spec.train = lambda: datasets.docstring_set(pre, spec.tokenizer_file)
     return spec
 
 

@@ -78,3 +78,16 @@ def sentence_set(split: str, pre: dict, tokenizer_file: Path, limit: int | None 
     lines = sentences(split)[:limit]
     return DataSet(encode(lines, pre, tokenizer_file),
                    f"{len(lines)} {split} sentences from CPython docstrings (convert/data/sentences.txt)")
+
+
+DISTILL_SENTENCES = 20000
+
+
+def docstring_set(pre: dict, tokenizer_file: Path, limit: int = DISTILL_SENTENCES) -> DataSet:
+    """Distillation text for the built-in text model: docstrings of installed packages (convert/corpus.py),
+    with every evaluation sentence removed."""
+    from pocketml.runtime.text import encode
+
+    from .corpus import docstring_sentences
+    lines, source = docstring_sentences(limit, exclude=set(sentences("eval")))
+    return DataSet(encode(lines, pre, tokenizer_file), source)

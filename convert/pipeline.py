@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from pocketml.runtime.atomic import TMP_MARK, ensure_writable_dir, publish, staging_dir, write_file_atomic
-from pocketml.runtime.errors import EnvironmentMissing, PocketmlError, UsageError
+from pocketml.runtime.errors import EnvironmentMissing, PocketmlError, UnsupportedError, UsageError
 from pocketml.runtime.manifest import FORMATS, PRECISIONS, Manifest, TensorSpec, hash_tree, sha256_file
 from pocketml.runtime.session import BACKENDS
 
@@ -203,6 +203,8 @@ def export_one(spec, recipe, fmt, precision, out_dir, cache, work, calib, data, 
     key = artifact_key(spec, recipe, fmt, precision, calib, data)
     if recipe.options.get("reuse", True) and (old := reusable(out_dir / name, key)):
         return Outcome(name, out_dir / name, old, seconds=time.perf_counter() - t0, reused=True)
+    if why := exporters.refusal(fmt, precision, spec.family):
+        raise UnsupportedError(f"{spec.name}: {fmt} {precision} is not available for {spec.family} models: {why}")
     exporter = exporters.get_exporter(fmt)
     with staging_dir(out_dir / name) as tmp:
         result = exporter.export(spec, precision, tmp, cache, work, calib=calib, options=recipe.options, log=log)

@@ -31,6 +31,7 @@ class ModelSpec:
     source: dict = field(default_factory=dict)       # {kind, id, sha256, trust_remote_code}
     calib: DataSet | None = None
     eval: DataSet | None = None
+    train: object = None            # built-in models: () -> DataSet of unlabelled distillation data (lazy)
     labels: list[str] | None = None
     tokenizer_file: Path | None = None
     hf_dir: Path | None = None

@@ -12,13 +12,19 @@ from pocketml.runtime.errors import ValidationFailed
 TOLERANCES = {
     "top1": {"fp32": {"cosine_min": (">=", 0.9999), "top1_agreement": (">=", 1.0)},
              "fp16": {"cosine_min": (">=", 0.999), "top1_agreement": (">=", 0.95)},
-             "int8": {"cosine_mean": (">=", 0.90), "top1_agreement": (">=", 0.75)}},
+             "int8": {"cosine_mean": (">=", 0.90), "top1_agreement": (">=", 0.75)},
+             "int8w": {"cosine_min": (">=", 0.99), "top1_agreement": (">=", 0.90)},
+             "int4": {"cosine_mean": (">=", 0.80), "top1_agreement": (">=", 0.50)}},
     "cosine": {"fp32": {"cosine_min": (">=", 0.9999)},
                "fp16": {"cosine_min": (">=", 0.999)},
-               "int8": {"cosine_min": (">=", 0.85), "cosine_mean": (">=", 0.93)}},
+               "int8": {"cosine_min": (">=", 0.85), "cosine_mean": (">=", 0.93)},
+               "int8w": {"cosine_min": (">=", 0.99)},
+               "int4": {"cosine_min": (">=", 0.75), "cosine_mean": (">=", 0.85)}},
     "max-abs": {"fp32": {"cosine_min": (">=", 0.9999)},
                 "fp16": {"cosine_min": (">=", 0.999)},
-                "int8": {"cosine_min": (">=", 0.95)}},
+                "int8": {"cosine_min": (">=", 0.95)},
+                "int8w": {"cosine_min": (">=", 0.99)},
+                "int4": {"cosine_min": (">=", 0.85)}},
 }
 ALWAYS = {"nan_count": ("<=", 0), "collapsed": ("==", False)}
 

@@ -17,7 +17,7 @@ SCHEMA = "pocketml.manifest/1"
 MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 4 << 20
 FORMATS = ("onnx", "tflite", "coreml")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "int8w", "int4")   # int8w: weight-only int8
 
 
 @dataclass

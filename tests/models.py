@@ -29,6 +29,14 @@ def tiny_mlp():
     return model.eval(), torch.randn(1, 8)
 
 
+def mlp64():
+    """Linear 64 → 64 → 32: every weight's input dim is a multiple of 32 (int4 blocks) and above the
+    Core ML / weight-only size thresholds."""
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32))
+    return model.eval(), torch.randn(1, 64)
+
+
 class _Det(nn.Module):
     """torch.linalg.det: the ONNX exporter takes it; litert-torch and coremltools have no rule for it."""
 

@@ -34,6 +34,10 @@ def load_training_data(cfg: DistillConfig, spec, ctx: Context):
         if spec.tokenizer_file:
             pre["tokenizer_file"] = str(spec.tokenizer_file)
         samples, source = load_data_dir(Path(cfg.data), spec.inputs, pre), f"user data {cfg.data}"
+    elif ctx.teacher.train is not None:             # a built-in model's own distillation data
+        ctx.log("  distill: loading the built-in distillation data")
+        ds = ctx.teacher.train()
+        samples, source = ds.samples, ds.source
     else:
         ds = ctx.calib or ctx.teacher.calib
         if ds is None or not ds.samples:
@@ -77,6 +81,22 @@ def stack(samples, idx, mask_at: int | None = None):
         n = max(int(batch[mask_at].sum(1).max()), 1)
         batch = [b[:, :n] if b.ndim >= 2 and b.shape[1] == batch[mask_at].shape[1] else b for b in batch]
     return batch
+
+
+def teacher_outputs(teacher, samples, mask_at, batch: int = 64) -> list:
+    """The teacher's first output per sample, computed in batches of similar length (fast for text)."""
+    import torch
+    order = np.arange(len(samples))
+    if mask_at is not None:
+        order = np.argsort([int(np.asarray(s[mask_at]).sum()) for s in samples], kind="stable")
+    out = [None] * len(samples)
+    with torch.no_grad():
+        for i in range(0, len(order), batch):
+            idx = order[i:i + batch]
+            y = first(teacher(*stack(samples, idx, mask_at))).float()
+            for j, k in enumerate(idx):
+                out[k] = y[j:j + 1]
+    return out
 
 
 def mask_index(spec) -> int | None:
@@ -126,8 +146,7 @@ class Distill:
         mask_at = mask_index(spec)
         # Teacher outputs once (the teacher is the original model: ctx.teacher, never trained).
         teacher = ctx.teacher.module.eval()
-        with torch.no_grad():
-            t_out = [first(teacher(*to_torch(s))).float() for s in samples]
+        t_out = teacher_outputs(teacher, samples, mask_at)
         h = hashlib.sha256(json.dumps([config_dict(cfg), state_digest(model), len(samples)], sort_keys=True,
                                       default=str).encode())
         for s in samples:                   # the checkpoint belongs to this config, student and data only

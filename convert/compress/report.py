@@ -76,6 +76,21 @@ def agreement(spec, teacher_outs, student_outs) -> tuple[str, float]:
     return "mean_cosine", float(np.mean(cos))
 
 
+def neighbour_agreement(teacher_outs, student_outs) -> float | None:
+    """Embeddings: share of samples whose nearest other sample (cosine) is the same for student and
+    teacher — does retrieval still find the same neighbour? None for fewer than 3 samples."""
+    if len(teacher_outs) < 3:
+        return None
+
+    def nearest(outs):
+        x = np.stack([o.reshape(-1) for o in outs]).astype(np.float64)
+        x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        sim = x @ x.T
+        np.fill_diagonal(sim, -np.inf)
+        return sim.argmax(1)
+    return float(np.mean(nearest(teacher_outs) == nearest(student_outs)))
+
+
 def check_signature(teacher_outs, student_outs, step: str) -> None:
     ts, ss = [t.shape for t in teacher_outs[:1]], [s.shape for s in student_outs[:1]]
     if ts != ss:
@@ -129,6 +144,8 @@ def run_step(step, spec, ctx: Context):
            "metric": metric, "vs": "original model", "data": f"{len(ctx.eval_samples)} evaluation samples",
            "before": round(before, 6), "after": round(after, 6), "seconds": round(time.perf_counter() - t0, 2),
            "notes": list(notes)}
+    if spec.metric == "cosine":
+        rep["neighbour_agreement"] = neighbour_agreement(ctx.teacher_eval, outs)
     src = dict(spec.source)
     src["compression"] = list(spec.source.get("compression", [])) + [rep]
     src.setdefault("original_sha256", spec.source.get("sha256"))
@@ -136,7 +153,9 @@ def run_step(step, spec, ctx: Context):
     student = replace(student, source=src)
     ctx.log(f"  {step.kind:<10} params {params0:,} → {params1:,} ({params1 / params0:.0%}), "
             f"MACs {macs0:,} → {macs1:,} ({macs1 / max(macs0, 1):.0%}), "
-            f"{metric} vs original {before:.4f} → {after:.4f}  [{rep['seconds']:.1f}s]")
+            f"{metric} vs original {before:.4f} → {after:.4f}"
+            + (f", nearest-neighbour agreement {rep['neighbour_agreement']:.3f}"
+               if rep.get("neighbour_agreement") is not None else "") + f"  [{rep['seconds']:.1f}s]")
     for n in notes:
         ctx.log(f"             note: {n}")
     return student

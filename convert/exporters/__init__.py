@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# (format, precision, model family) -> quantization method, or the reason it is refused.
+UNSUPPORTED = "unsupported: "
+
+# (format, precision, model family) -> quantization method, or UNSUPPORTED + the reason it is refused.
 CAPABILITIES = {
     "onnx": {
         "fp32": {"*": "none"},
@@ -15,6 +17,10 @@ CAPABILITIES = {
         "int8": {"cnn": "static int8, per-channel weights, QDQ, calibrated",
                  "transformer": "dynamic int8 (weights int8 per-channel, activations quantized at run time)",
                  "generic": "dynamic int8"},
+        "int8w": {"*": "weight-only int8 (per-channel weights stored int8, DequantizeLinear; float compute)"},
+        "int4": {"cnn": UNSUPPORTED + "onnxruntime has no int4 convolution kernel (MatMulNBits is MatMul only)",
+                 "*": "weight-only int4, blocks of 32 (MatMulNBits for MatMul, GatherBlockQuantized for "
+                      "embeddings); int8 compute (accuracy_level 4)"},
     },
     "tflite": {
         "fp32": {"*": "none"},
@@ -22,12 +28,18 @@ CAPABILITIES = {
         "int8": {"cnn": "static int8, per-channel weights, full-int8 IO, calibrated (PT2E)",
                  "transformer": "dynamic int8 (weights int8 per-channel)",
                  "generic": "dynamic int8"},
+        "int8w": {"*": "weight-only int8 per-channel (ai-edge-quantizer weight_only_wi8_afp32; float compute)"},
+        "int4": {"*": "int4 weights in blocks of 32, activations int8 at run time "
+                      "(ai-edge-quantizer dynamic_wi4b32_afp32)"},
     },
     "coreml": {
         "fp32": {"*": "none"},
         "fp16": {"*": "fp16 compute (ML Program)"},
         "int8": {"*": "weight-only int8 per-channel (coremltools.optimize); activations fp16 — "
                       "int8 activations need calibration that runs Core ML, i.e. macOS"},
+        "int8w": {"*": "weight-only int8 per-channel (coremltools.optimize); activations fp16"},
+        "int4": {"*": "4-bit palettization (16-entry k-means lookup table per weight tensor, "
+                      "coremltools.optimize); activations fp16"},
     },
 }
 
@@ -38,6 +50,12 @@ EXTRAS = {"onnx": ("onnx", "onnxscript", "onnxruntime"), "tflite": ("litert_torc
 def method_for(fmt: str, precision: str, family: str) -> str:
     table = CAPABILITIES[fmt][precision]
     return table.get(family, table.get("*", table.get("generic")))
+
+
+def refusal(fmt: str, precision: str, family: str) -> str | None:
+    """Why `fmt` cannot take `precision` for this model family, or None when it can."""
+    method = method_for(fmt, precision, family)
+    return method[len(UNSUPPORTED):] if method.startswith(UNSUPPORTED) else None
 
 
 def needs_calibration(fmt: str, precision: str, family: str) -> bool:

@@ -16,6 +16,7 @@ from . import ExportResult, method_for
 from .errors import unsupported
 
 FORMAT = "coreml"
+QUANTIZED = ("int8", "int8w", "int4")     # weights stored quantized (constexpr_* ops)
 MIN_TARGET = "iOS16"     # constexpr int8 weights need iOS16 / macOS13
 WEIGHT_THRESHOLD = 256   # quantize weight tensors with more elements than this (coremltools default: 2048)
 
@@ -56,11 +57,16 @@ def export(spec, precision: str, out_dir: Path, cache: dict, work: Path, calib=N
                          "which exists only on macOS; pocketml will not substitute weight-only int8 "
                          "silently. Use --precision int8 (weight-only) or run on a Mac.")
     model = _convert(spec, cache, precision)
-    if precision == "int8":
+    if precision in ("int8", "int8w"):
         from coremltools.optimize.coreml import OpLinearQuantizerConfig, OptimizationConfig, linear_quantize_weights
         cfg = OptimizationConfig(global_config=OpLinearQuantizerConfig(
             mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=WEIGHT_THRESHOLD))
         model = linear_quantize_weights(model, cfg)
+    elif precision == "int4":
+        from coremltools.optimize.coreml import OpPalettizerConfig, OptimizationConfig, palettize_weights
+        cfg = OptimizationConfig(global_config=OpPalettizerConfig(nbits=4, mode="kmeans",
+                                                                  weight_threshold=WEIGHT_THRESHOLD))
+        model = palettize_weights(model, cfg)
     model.save(str(out_dir / "model.mlpackage"))
     ins = [{"name": i["name"], "shape": list(i["shape"]), "layout": i.get("layout"), "quantization": None,
             "dtype": "float32" if i["dtype"].startswith("float") else "int32"} for i in spec.inputs]
@@ -102,10 +108,10 @@ def structural_check(pkg: Path, ins: list[dict], outs: list[dict], precision: st
     compare(ins, spec.description.input, "input")
     compare(outs, spec.description.output, "output")
     quant_ops = _weight_precision(spec)["constexpr_ops"]
-    if precision == "int8" and not quant_ops:
-        problems.append(f"precision int8 requested but no constexpr (quantized) weights found "
+    if precision in QUANTIZED and not quant_ops:
+        problems.append(f"precision {precision} requested but no constexpr (quantized) weights found "
                         f"(only tensors over {WEIGHT_THRESHOLD} elements are quantized)")
-    if precision != "int8" and quant_ops:
+    if precision not in QUANTIZED and quant_ops:
         problems.append(f"precision {precision} requested but {quant_ops} quantized weight ops found")
     if problems:
         raise ValidationFailed(f"{pkg}: Core ML structural check failed: " + "; ".join(problems))

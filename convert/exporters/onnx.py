@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pocketml.runtime.errors import UsageError
+from pocketml.runtime.errors import UnsupportedError, UsageError
 
 from . import ExportResult, method_for
 from .errors import unsupported
@@ -196,6 +196,16 @@ def export(spec, precision: str, out_dir: Path, cache: dict, work: Path, calib=N
         else:
             mixed_report = _mixed(spec, calib, pre, build, float_layers, dst, work, max_drop, log)
             float_layers = float_layers + mixed_report["float_layers"]
+    elif precision == "int8w":
+        from .onnx_weights import int8_weights
+        weights = int8_weights(base, dst)
+        notes.append(f"{len(weights)} weight tensors stored int8 per channel; onnxruntime dequantizes them "
+                     "and computes in float")
+    elif precision == "int4":
+        from .onnx_weights import int4_weights
+        if not int4_weights(base, dst):
+            raise UnsupportedError(f"{spec.name}: onnx int4 found no MatMul with constant weights or embedding "
+                                   "table to quantize (MatMulNBits / GatherBlockQuantized)")
     ins, outs = _io(dst, spec)
     quant = {"method": method}
     if mixed_report:

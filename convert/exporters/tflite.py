@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from pocketml.runtime.data import to_layout
-from pocketml.runtime.errors import UsageError
+from pocketml.runtime.errors import UnsupportedError, UsageError
 
 from . import ExportResult, method_for
 from .errors import unsupported
@@ -53,6 +53,10 @@ def _fp32(spec, cache, work: Path) -> Path:
     return path
 
 
+# precision -> ai-edge-quantizer recipe (fp16 is built op by op in _aeq)
+AEQ_RECIPES = {"int8": "dynamic_wi8_afp32", "int8w": "weight_only_wi8_afp32", "int4": "dynamic_wi4b32_afp32"}
+
+
 def _aeq(base: Path, dst: Path, kind: str) -> None:
     from ai_edge_quantizer import algorithm_manager, qtyping, quantizer, recipe
 
@@ -69,8 +73,13 @@ def _aeq(base: Path, dst: Path, kind: str) -> None:
             except ValueError:   # this AEQ version cannot fp16-cast that op: it stays fp32
                 continue
     else:
-        q.load_quantization_recipe(recipe.dynamic_wi8_afp32())
-    q.quantize(enable_progress_report=False, enable_progress_bar=False).export_model(str(dst), overwrite=True)
+        q.load_quantization_recipe(getattr(recipe, AEQ_RECIPES[kind])())
+    try:
+        result = q.quantize(enable_progress_report=False, enable_progress_bar=False)
+    except ValueError as exc:     # e.g. a weight whose quantized dimension the int4 blocks do not divide
+        raise UnsupportedError(f"tflite {kind}: ai-edge-quantizer {AEQ_RECIPES.get(kind, kind)} refused the "
+                               f"model: {exc}") from exc
+    result.export_model(str(dst), overwrite=True)
 
 
 def _static_int8(spec, calib, dst: Path) -> int:
@@ -139,7 +148,7 @@ def export(spec, precision: str, out_dir: Path, cache: dict, work: Path, calib=N
         if precision == "fp32":
             shutil.copyfile(base, dst)
         else:
-            _aeq(base, dst, "fp16" if precision == "fp16" else "dynamic-int8")
+            _aeq(base, dst, precision)
     ins, outs = _io(dst, spec)
     quant = {"method": method}
     if precision == "int8" and "static" in method:
