@@ -52,15 +52,43 @@ def forward_all(module, samples) -> list[np.ndarray]:
 
 
 def count(module, example) -> tuple[int, int]:
-    """(MACs, params) via torch_pruning.utils.count_ops_and_params."""
+    """(MACs, params) of one forward pass on `example`: multiply-accumulates of every Conv*/Linear call,
+    counted with forward hooks (so subclasses with their own forward, e.g. "same"-padding convs, count
+    too), plus the attention products of transformer layers (batch matmuls are not modules: for
+    BERT-like encoders 2·seq²·hidden per layer, from the module's config)."""
     import torch
-    import torch_pruning as tp
+    from torch import nn
+
+    macs = [0]
+
+    def conv(m, inp, out):
+        k = int(np.prod(m.kernel_size)) * (m.in_channels // m.groups)
+        macs[0] += out.numel() * k
+
+    def linear(m, inp, out):
+        macs[0] += out.numel() * m.in_features
+
+    hooks = [m.register_forward_hook(conv if isinstance(m, nn.modules.conv._ConvNd) else linear)
+             for m in module.modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
     was = module.training
     module.eval()
-    with torch.no_grad():
-        macs, params = tp.utils.count_ops_and_params(module, example)
-    module.train(was)
-    return int(macs), int(params)
+    try:
+        with torch.no_grad():
+            module(*example)
+    finally:
+        for h in hooks:
+            h.remove()
+        module.train(was)
+    macs[0] += attention_macs(module, example)
+    return int(macs[0]), int(sum(p.numel() for p in module.parameters()))
+
+
+def attention_macs(module, example) -> int:
+    cfg = getattr(getattr(module, "model", None), "config", None)
+    if cfg is None or not hasattr(cfg, "num_hidden_layers") or not example or example[0].ndim != 2:
+        return 0
+    seq = int(example[0].shape[1])
+    return int(example[0].shape[0]) * cfg.num_hidden_layers * 2 * seq * seq * cfg.hidden_size
 
 
 def agreement(spec, teacher_outs, student_outs) -> tuple[str, float]:
