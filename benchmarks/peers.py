@@ -7,7 +7,7 @@ Default peer pipelines rebuilt here:
 Every latency: 1 thread, same warm-up/runs, p50, measured in this process. Quality: against torch fp32
 on the built-in evaluation sets (top-1 agreement / cosine to the fp32 embeddings).
 
-    python benchmarks/peers.py [--out out] [--runs 100]
+    python benchmarks/peers.py [--out out] [--runs 100] [--extra minilm=out/minilm-small ...]
 """
 from __future__ import annotations
 
@@ -77,28 +77,28 @@ def peers(spec, sub: Path, tmp: Path) -> dict:
     from onnxruntime.quantization import QuantType, quantize_dynamic, quantize_static
 
     base = str(sub / "onnx-fp32" / "model.onnx")
-    out = {"ORT fp32 (torch.onnx export)": (ort_session(base), None)}
+    out = {"ORT fp32 (torch.onnx export)": (ort_session(base), None, Path(base))}
     if spec.family == "cnn":
         from pocketml.convert.exporters.onnx import _Reader
         q = str(tmp / "peer-static.onnx")
         quantize_static(base, q, _Reader([i["name"] for i in spec.inputs], spec.calib.samples), per_channel=True)
-        out["peer: ORT static int8 (defaults, per-channel)"] = (ort_session(q), None)
+        out["peer: ORT static int8 (defaults, per-channel)"] = (ort_session(q), None, Path(q))
     else:
         q = str(tmp / "peer-dynamic.onnx")
         quantize_dynamic(base, q, weight_type=QuantType.QInt8)
-        out["peer: ORT dynamic int8 (defaults)"] = (ort_session(q), None)
+        out["peer: ORT dynamic int8 (defaults)"] = (ort_session(q), None, Path(q))
     t = str(tmp / "peer.tflite")
     litert_torch.convert(spec.module, spec.torch_example()).export(t)
-    out["peer: litert-torch fp32 (defaults)"] = (tflite_session(t), None)
+    out["peer: litert-torch fp32 (defaults)"] = (tflite_session(t), None, Path(t))
     return out
 
 
-def ours(sub: Path) -> dict:
+def ours(sub: Path, label: str = "pocketml") -> dict:
     from pocketml.runtime.data import to_layout
-    from pocketml.runtime.manifest import read_manifest
+    from pocketml.runtime.manifest import PRECISIONS, read_manifest
     res = {}
     for fmt in ("onnx", "tflite"):
-        for prec in ("fp32", "fp16", "int8"):
+        for prec in PRECISIONS:
             art = sub / f"{fmt}-{prec}"
             if not (art / "manifest.json").exists():
                 continue
@@ -106,9 +106,13 @@ def ours(sub: Path) -> dict:
             path = str(art / m.model_file)
             run = ort_session(path) if fmt == "onnx" else tflite_session(path)
             lay = m.inputs[0].layout
-            res[f"pocketml {fmt} {prec}"] = (run, (lambda xs, lay=lay: [to_layout(xs[0], "NCHW", lay)] + xs[1:])
-                                             if lay == "NHWC" else None)
+            res[f"{label} {fmt} {prec}"] = (run, (lambda xs, lay=lay: [to_layout(xs[0], "NCHW", lay)] + xs[1:])
+                                            if lay == "NHWC" else None, art / m.model_file)
     return res
+
+
+# the quality bar of issue 6: the fastest pocketml artifact at or above it, per model
+QUALITY_BAR = {"top1": 0.98, "cosine": 0.99}
 
 
 def main() -> int:
@@ -116,13 +120,17 @@ def main() -> int:
     ap.add_argument("--out", default="out")
     ap.add_argument("--runs", type=int, default=100)
     ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--extra", action="append", default=[], metavar="MODEL=DIR",
+                    help="more pocketml artifacts to compare, e.g. minilm=out/minilm-small (repeatable)")
     args = ap.parse_args()
+    extras = [e.split("=", 1) for e in args.extra]
     from pocketml.convert.pipeline import reference_outputs
     from pocketml.profiler.host import describe
 
     print(f"Latency: {describe(1)}, p50 of {args.runs} runs after {args.warmup} warm-up, same process.\n")
     print(f"| {'model':<18} | {'pipeline':<46} | {'p50 ms':>7} | {'× ORT fp32':>10} | {'quality vs torch fp32':<34} | {'size MB':>7} |")
     print("|" + "|".join("-" * w for w in (20, 48, 9, 12, 36, 9)) + "|")
+    summary = []
     with tempfile.TemporaryDirectory() as td:
         for model, name in MODELS:
             sub = Path(args.out) / name
@@ -130,26 +138,23 @@ def main() -> int:
             refs = reference_outputs(spec, spec.eval)
             xs = spec.eval.samples[0]
             table = {**peers(spec, sub, Path(td)), **ours(sub)}
-            base = None
-            for label, (run, adapt) in table.items():
+            for key, d in extras:
+                if key == name:
+                    table.update(ours(Path(d), f"pocketml {Path(d).name}"))
+            base, best = None, None
+            for label, (run, adapt, file) in table.items():
                 f = (lambda s, run=run, adapt=adapt: run(adapt(list(s)) if adapt else list(s)))
                 ms = p50(f, xs, args.warmup, args.runs)
                 base = base or ms
-                q, _ = quality(f, spec.eval.samples, refs, spec.metric)
-                size = _size(label, sub, Path(td))
-                print(f"| {model:<18} | {label:<46} | {ms:7.2f} | {base / ms:9.2f}× | {q:<34} | {size:>7} |")
+                q, value = quality(f, spec.eval.samples, refs, spec.metric)
+                print(f"| {model:<18} | {label:<46} | {ms:7.2f} | {base / ms:9.2f}× | {q:<34} | "
+                      f"{file.stat().st_size / 1e6:7.2f} |")
+                if label.startswith("pocketml") and value >= QUALITY_BAR[spec.metric] and (not best or ms < best[1]):
+                    best = (label, ms)
+            summary.append(f"{model}: fastest pocketml artifact with {'top-1 agreement' if spec.metric == 'top1' else 'mean cosine'} "
+                           f"≥ {QUALITY_BAR[spec.metric]}: " + (f"{best[0]}, {base / best[1]:.2f}× ORT fp32" if best else "none"))
+    print("\n" + "\n".join(summary))
     return 0
-
-
-def _size(label: str, sub: Path, tmp: Path) -> str:
-    if label.startswith("pocketml"):
-        _, fmt, prec = label.split()
-        f = next((sub / f"{fmt}-{prec}").glob("model.*"))
-    else:
-        f = {"ORT fp32": sub / "onnx-fp32" / "model.onnx", "peer: ORT static": tmp / "peer-static.onnx",
-             "peer: ORT dynamic": tmp / "peer-dynamic.onnx", "peer: litert": tmp / "peer.tflite"}
-        f = next(v for k, v in f.items() if label.startswith(k))
-    return f"{f.stat().st_size / 1e6:.2f}"
 
 
 if __name__ == "__main__":

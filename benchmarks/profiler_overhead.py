@@ -1,8 +1,9 @@
 """Does `pocketml profile` add overhead? Its p50 vs a bare invoke loop over the same session, one run.
 
-For each artifact: a bare loop in this process (runtime.load → prepare → N × invoke_prepared) and
-`pocketml profile` (child process, same threads/warm-up/runs), alternated `--repeats` times so drift
-hits both; prints the p50s, their ratio, and the run-to-run p50 spread of each.
+For each artifact: a bare loop (runtime.load → prepare → N × invoke_prepared) in a fresh Python process,
+and `pocketml profile` (which also measures in a fresh child process, same threads/warm-up/runs),
+alternated `--repeats` times so drift hits both; prints the medians of the p50s, their ratio, and the
+run-to-run p50 spread of each. Run it on an otherwise idle host: other load moves both by more than 3 %.
 
     python benchmarks/profiler_overhead.py [--out out] [--runs 100] [--repeats 3]
 """
@@ -38,13 +39,25 @@ def bare_p50(art: Path, runs: int, warmup: int) -> float:
     return float(np.median(t))
 
 
+def bare_p50_child(art: Path, runs: int, warmup: int) -> float:
+    """The bare loop in a fresh process, like the profiler's child: same allocator and cache state."""
+    import subprocess
+    out = subprocess.run([sys.executable, __file__, "--bare", str(art), "--runs", str(runs), "--warmup", str(warmup)],
+                         capture_output=True, text=True, check=True).stdout
+    return float(out.strip().splitlines()[-1])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="out")
     ap.add_argument("--runs", type=int, default=100)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--bare", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.bare:
+        print(bare_p50(Path(args.bare), args.runs, args.warmup))
+        return 0
     from pocketml.profiler.run import profile
 
     print(f"| {'artifact':<20} | {'bare p50 ms':>11} | {'profile p50 ms':>14} | {'profile / bare':>14} | "
@@ -57,7 +70,7 @@ def main() -> int:
             continue
         bare, prof = [], []
         for _ in range(args.repeats):
-            bare.append(bare_p50(art, args.runs, args.warmup))
+            bare.append(bare_p50_child(art, args.runs, args.warmup))
             r = profile([art], runs=args.runs, warmup=args.warmup)["artifacts"][0]
             prof.append(r["latency_ms"]["p50"])
         b, p = float(np.median(bare)), float(np.median(prof))
