@@ -228,6 +228,23 @@ def test_distill_resumes_from_checkpoint(digits, tmp_path, monkeypatch):
         assert torch.allclose(a, b, atol=1e-6), k
 
 
+def test_more_epochs_continue_a_finished_run(digits, tmp_path):
+    """epochs 2, then the same recipe with epochs 3: resumes after epoch 2 and ends where an
+    uninterrupted 3-epoch run ends."""
+    base = {"data": str(digits["train"]), "threads": 1, "max_samples": 300, "patience": 5}
+    steps = lambda ck, n: [{"kind": "prune", "channels": 0.5},
+                           {"kind": "distill", **base, "epochs": n, "checkpoint_dir": str(ck)}]
+    quiet = lambda *_: None
+    whole = apply_steps(digits_spec(digits, 16), steps(tmp_path / "a", 3), log=quiet)
+    apply_steps(digits_spec(digits, 16), steps(tmp_path / "b", 2), log=quiet)
+    lines = []
+    longer = apply_steps(digits_spec(digits, 16), steps(tmp_path / "b", 3), log=lines.append)
+    assert any("resuming" in ln and "after epoch 2" in ln and "already finished" not in ln for ln in lines), lines
+    assert any("distill epoch 3/3" in ln for ln in lines), lines
+    for (k, a), b in zip(whole.module.state_dict().items(), longer.module.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), k
+
+
 # ------------------------------------------------------------------ transformers: layer_drop, FFN pruning
 
 @pytest.fixture(scope="module")

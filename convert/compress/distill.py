@@ -105,6 +105,20 @@ def mask_index(spec) -> int | None:
     return names.index("attention_mask") if pooled and "attention_mask" in names else None
 
 
+def checkpoint_fingerprint(cfg: DistillConfig, model, samples, labels) -> str:
+    """The checkpoint belongs to this config, incoming student and data only. epochs / patience only say
+    when to stop, so they are left out: a longer run resumes from a shorter one's checkpoint."""
+    identity = {k: v for k, v in config_dict(cfg).items() if k not in ("epochs", "patience")}
+    h = hashlib.sha256(json.dumps([identity, state_digest(model), len(samples)], sort_keys=True,
+                                  default=str).encode())
+    for s in samples:
+        for x in s:
+            h.update(np.ascontiguousarray(x).tobytes())
+    if labels is not None:
+        h.update(labels.tobytes())
+    return h.hexdigest()[:16]
+
+
 class Distill:
     kind = "distill"
 
@@ -147,14 +161,7 @@ class Distill:
         # Teacher outputs once (the teacher is the original model: ctx.teacher, never trained).
         teacher = ctx.teacher.module.eval()
         t_out = teacher_outputs(teacher, samples, mask_at)
-        h = hashlib.sha256(json.dumps([config_dict(cfg), state_digest(model), len(samples)], sort_keys=True,
-                                      default=str).encode())
-        for s in samples:                   # the checkpoint belongs to this config, student and data only
-            for x in s:
-                h.update(np.ascontiguousarray(x).tobytes())
-        if labels is not None:
-            h.update(labels.tobytes())
-        fingerprint = h.hexdigest()[:16]
+        fingerprint = checkpoint_fingerprint(cfg, model, samples, labels)
         ckdir = self.checkpoint_dir(ctx)
         ckdir.mkdir(parents=True, exist_ok=True)
         ckfile = ckdir / f"{fingerprint}-{CHECKPOINT}"
@@ -168,6 +175,8 @@ class Distill:
             opt.load_state_dict(ck["optim"])
             best = ck["best"]
             state = json.loads(ck["state"])
+            if state["done"] and state["epoch"] < cfg.epochs and state["bad_epochs"] <= cfg.patience:
+                state["done"] = False            # stopped at the old epoch limit: train on to the new one
             ctx.log(f"  distill: resuming from {ckfile} after epoch {state['epoch']}"
                     + (" (already finished)" if state["done"] else ""))
             ctx.notes.append(f"resumed from checkpoint after epoch {state['epoch']}")

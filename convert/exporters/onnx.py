@@ -125,7 +125,7 @@ def _rename_fusion_constants(path: Path) -> None:
 
 # Ops a mixed-precision search may keep float: those ORT quantizes and that carry weights or tables.
 QUANTIZABLE = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Gather", "Attention", "EmbedLayerNormalization", "LSTM")
-MIXED_SAMPLES = 64
+MIXED_SAMPLES = 128
 
 
 def _session(path: Path):
@@ -143,7 +143,8 @@ def _mixed(spec, calib, base: Path, build, fixed: list, dst: Path, work: Path, m
     if calib is None or not calib.samples:
         raise UsageError(f"{spec.name}: --max-drop measures each layer's sensitivity on data: pass --calib DIR")
     names = [i["name"] for i in spec.inputs]
-    samples = calib.samples[:MIXED_SAMPLES]
+    pick = np.unique(np.linspace(0, len(calib.samples) - 1, MIXED_SAMPLES).astype(int))   # spread over all of it
+    samples = [calib.samples[i] for i in pick]
 
     def evaluate(path):
         sess = _session(path)
