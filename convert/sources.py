@@ -85,13 +85,19 @@ class _HFWrapper:
                 super().__init__()
                 self.model = model
 
-            def forward(self, input_ids, attention_mask):
-                hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            def tokens(self, input_ids, attention_mask):
+                """Per-token last hidden states (distillation can match them, not only the output)."""
+                return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+            def pool(self, hidden, attention_mask):
                 if task == "feature-extraction":
                     return hidden
                 mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
                 return torch.nn.functional.normalize(pooled, p=2.0, dim=1)
+
+            def forward(self, input_ids, attention_mask):
+                return self.pool(self.tokens(input_ids, attention_mask), attention_mask)
 
         class WrappedLogits(torch.nn.Module):
             def __init__(self):

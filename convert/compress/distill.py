@@ -99,6 +99,34 @@ def teacher_outputs(teacher, samples, mask_at, batch: int = 64) -> list:
     return out
 
 
+def teacher_tokens(teacher, samples, mask_at, batch: int = 64) -> list:
+    """Per sample, the teacher's last hidden states of its real tokens ([n_tokens, hidden], fp16 to save
+    memory) for loss "tokens"."""
+    import torch
+    order = np.argsort([int(np.asarray(s[mask_at]).sum()) for s in samples], kind="stable")
+    out = [None] * len(samples)
+    with torch.no_grad():
+        for i in range(0, len(order), batch):
+            idx = order[i:i + batch]
+            b = stack(samples, idx, mask_at)
+            h = teacher.tokens(*b)
+            for j, k in enumerate(idx):
+                out[k] = h[j, :int(b[mask_at][j].sum())].half()
+    return out
+
+
+def token_loss(s_hidden, t_tokens, mask):
+    """1 − cosine per real token, averaged over the batch's real tokens."""
+    import torch
+    import torch.nn.functional as F
+    t = torch.zeros_like(s_hidden)
+    for j, tt in enumerate(t_tokens):
+        t[j, :len(tt)] = tt.float()
+    m = mask.to(s_hidden.dtype)
+    cos = F.cosine_similarity(s_hidden, t, dim=-1)
+    return ((1 - cos) * m).sum() / m.sum().clamp(min=1)
+
+
 def mask_index(spec) -> int | None:
     names = [i["name"] for i in spec.inputs]
     pooled = spec.task in ("sentence-embedding", "text-classification")
@@ -106,9 +134,11 @@ def mask_index(spec) -> int | None:
 
 
 def checkpoint_fingerprint(cfg: DistillConfig, model, samples, labels) -> str:
-    """The checkpoint belongs to this config, incoming student and data only. epochs / patience only say
-    when to stop, so they are left out: a longer run resumes from a shorter one's checkpoint."""
-    identity = {k: v for k, v in config_dict(cfg).items() if k not in ("epochs", "patience")}
+    """The checkpoint belongs to what decides the training: the config, the incoming student and the data's
+    content. Left out: epochs / patience (when to stop: a longer run resumes from a shorter one's
+    checkpoint), where the data or checkpoint live (the content is hashed), and the thread count."""
+    identity = {k: v for k, v in config_dict(cfg).items()
+                if k not in ("epochs", "patience", "data", "checkpoint_dir", "threads")}
     h = hashlib.sha256(json.dumps([identity, state_digest(model), len(samples)], sort_keys=True,
                                   default=str).encode())
     for s in samples:
@@ -140,7 +170,7 @@ class Distill:
             if y is not None:
                 loss = self.cfg.alpha * loss + (1 - self.cfg.alpha) * F.cross_entropy(s, y)
             return loss
-        if kind == "cosine":
+        if kind in ("cosine", "tokens"):      # tokens: this is the output part; token_loss adds the rest
             return (1 - F.cosine_similarity(s, t, dim=-1)).mean() + F.mse_loss(s, t)
         return F.mse_loss(s, t)
 
@@ -161,6 +191,12 @@ class Distill:
         # Teacher outputs once (the teacher is the original model: ctx.teacher, never trained).
         teacher = ctx.teacher.module.eval()
         t_out = teacher_outputs(teacher, samples, mask_at)
+        t_tok = None
+        if kind == "tokens":
+            if mask_at is None or not hasattr(model, "tokens") or not hasattr(teacher, "tokens"):
+                raise UsageError('distill loss "tokens" matches per-token hidden states: it needs a Hugging '
+                                 "Face encoder (sentence-embedding / feature-extraction) as teacher and student")
+            t_tok = teacher_tokens(teacher, samples, mask_at)
         fingerprint = checkpoint_fingerprint(cfg, model, samples, labels)
         ckdir = self.checkpoint_dir(ctx)
         ckdir.mkdir(parents=True, exist_ok=True)
@@ -209,9 +245,16 @@ class Distill:
                 model.train()
                 for b in range(n_batches):
                     idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-                    out = first(model(*stack(samples, idx, mask_at)))
+                    batch = stack(samples, idx, mask_at)
                     y = torch.from_numpy(labels[idx]) if labels is not None else None
-                    loss = self.loss(kind, out, torch.cat([t_out[i] for i in idx]), y)
+                    if t_tok is None:
+                        out = first(model(*batch))
+                        loss = self.loss(kind, out, torch.cat([t_out[i] for i in idx]), y)
+                    else:
+                        hidden = model.tokens(*batch)
+                        out = model.pool(hidden, batch[mask_at])
+                        loss = (self.loss(kind, out, torch.cat([t_out[i] for i in idx]))
+                                + token_loss(hidden, [t_tok[i] for i in idx], batch[mask_at]))
                     opt.zero_grad()
                     loss.backward()
                     opt.step()

@@ -40,7 +40,7 @@ class DistillConfig:
     lr: float = 1e-3
     temperature: float = 2.0              # classifiers: KL on softened logits
     alpha: float = 0.5                    # with labels: alpha·KL + (1-alpha)·cross-entropy
-    loss: str = "auto"                    # auto | kl | cosine | mse
+    loss: str = "auto"                    # auto | kl | cosine | mse | tokens (HF encoders: + per-token cosine)
     val_fraction: float = 0.2
     patience: int = 3                     # early stopping: epochs without improvement of the val metric
     seed: int = 0
@@ -51,7 +51,7 @@ class DistillConfig:
 
 STEP_KINDS: dict[str, type] = {"prune": PruneConfig, "layer_drop": LayerDropConfig, "distill": DistillConfig}
 ALIASES = {"global": "global_pruning"}    # user-facing key → field name
-CHOICES = {"importance": ("l1", "l2", "taylor", "random"), "loss": ("auto", "kl", "cosine", "mse")}
+CHOICES = {"importance": ("l1", "l2", "taylor", "random"), "loss": ("auto", "kl", "cosine", "mse", "tokens")}
 
 
 def _coerce(kind: str, name: str, value, tp):

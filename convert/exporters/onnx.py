@@ -85,12 +85,32 @@ def _static_int8(spec, calib, pre: Path, work: Path):
     cache.unlink(missing_ok=True)
 
     def build(float_layers, dst):
-        quantize_static(str(src), str(dst), _Reader([i["name"] for i in spec.inputs], calib.samples),
+        extra = [n for n in float_layers if n not in keep]
+        model = src if not extra else _original_biases(src, pre, extra, work / "onnx-int8-mixed-src.onnx")
+        quantize_static(str(model), str(dst), _Reader([i["name"] for i in spec.inputs], calib.samples),
                         quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, nodes_to_exclude=list(float_layers),
                         calibrate_method=CalibrationMethod.Percentile, calibration_cache_path=str(cache),
                         extra_options={"ActivationSymmetric": False, "CalibPercentile": PERCENTILE})
     return build, keep
+
+
+def _original_biases(src: Path, pre: Path, nodes: list[str], dst: Path) -> Path:
+    """Bias correction compensates each conv's int8 weight rounding; a conv kept float gets its
+    original bias back."""
+    import onnx
+    from onnx import numpy_helper
+
+    original = {i.name: i for i in onnx.load(str(pre)).graph.initializer}
+    model = onnx.load(str(src))
+    names = {n.input[2] for n in model.graph.node if n.name in nodes and len(n.input) > 2}
+    for init in model.graph.initializer:
+        if init.name in names:          # a bias the correction added to a bias-less conv goes back to zero
+            value = (numpy_helper.to_array(original[init.name]) if init.name in original
+                     else np.zeros_like(numpy_helper.to_array(init)))
+            init.CopyFrom(numpy_helper.from_array(value, init.name))
+    onnx.save(model, str(dst))
+    return dst
 
 
 def _dynamic_int8(pre: Path):
