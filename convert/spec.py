@@ -17,6 +17,13 @@ class DataSet:
     def __len__(self):
         return len(self.samples)
 
+    def spread(self, n: int) -> "DataSet":
+        """At most n samples, evenly spaced over the set (not the first n: those are one photo's views)."""
+        if len(self.samples) <= n:
+            return self
+        pick = np.unique(np.linspace(0, len(self.samples) - 1, n).astype(int))
+        return DataSet([self.samples[i] for i in pick], f"{len(pick)} of {self.source}")
+
 
 @dataclass
 class ModelSpec:

@@ -67,7 +67,8 @@ def test_effnet_int8_keeps_accuracy_on_real_photos(effnet, fmt):
     m = read_manifest(out / f"{fmt}-int8")
     s = m.validation["stats"]
     assert s["top1_agreement"] >= 0.93 and s["top5_overlap"] >= 0.90 and s["cosine_mean"] >= 0.99
-    assert m.quantization["calibration"]["samples"] == 56 and "static int8" in m.quantization["method"]
+    assert m.quantization["calibration"]["samples"] == {"onnx": 304, "tflite": 64}[fmt]
+    assert "static int8" in m.quantization["method"]
 
 
 def test_effnet_coreml_is_structural_only(effnet):

@@ -163,8 +163,7 @@ def _mixed(spec, calib, base: Path, build, fixed: list, dst: Path, work: Path, m
     if calib is None or not calib.samples:
         raise UsageError(f"{spec.name}: --max-drop measures each layer's sensitivity on data: pass --calib DIR")
     names = [i["name"] for i in spec.inputs]
-    pick = np.unique(np.linspace(0, len(calib.samples) - 1, MIXED_SAMPLES).astype(int))   # spread over all of it
-    samples = [calib.samples[i] for i in pick]
+    samples = calib.spread(MIXED_SAMPLES).samples
 
     def evaluate(path):
         sess = _session(path)

@@ -53,6 +53,11 @@ def _fp32(spec, cache, work: Path) -> Path:
     return path
 
 
+# PT2E's histogram observers widen activation ranges as samples accumulate: on EfficientNet-Lite0, 304
+# calibration views gave top-1 agreement 0.950 where 56 gave 0.96; ONNX's percentile calibration gains
+# from the 304 (0.950 → 0.971). TFLite calibrates on this many samples spread over the set.
+PT2E_SAMPLES = 64
+
 # precision -> ai-edge-quantizer recipe (fp16 is built op by op in _aeq)
 AEQ_RECIPES = {"int8": "dynamic_wi8_afp32", "int8w": "weight_only_wi8_afp32", "int4": "dynamic_wi4b32_afp32"}
 
@@ -142,6 +147,7 @@ def export(spec, precision: str, out_dir: Path, cache: dict, work: Path, calib=N
     if precision == "int8" and "static" in method:
         if not calib:
             raise UsageError(f"{spec.name}: static int8 needs calibration data (--calib DIR)")
+        calib = calib.spread(PT2E_SAMPLES)
         float_leading = _static_int8(spec, calib, dst)
     else:
         base = _fp32(spec, cache, work)
