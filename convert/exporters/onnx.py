@@ -145,7 +145,28 @@ def _rename_fusion_constants(path: Path) -> None:
 
 # Ops a mixed-precision search may keep float: those ORT quantizes and that carry weights or tables.
 QUANTIZABLE = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Gather", "Attention", "EmbedLayerNormalization", "LSTM")
-MIXED_SAMPLES = 128
+# a layer kept float takes its activation with it (static QDQ would otherwise still round its output)
+ACTIVATIONS = ("Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "Tanh")
+# measurement data: top-1 agreement moves in steps of 1/n, so classifiers get more samples
+MIXED_SAMPLES = {"top1": 320, "cosine": 128, "max-abs": 128}
+
+
+def _layer_groups(graph, names: list[str]) -> dict[str, list[str]]:
+    """name -> [name, the activation that alone consumes its output, …]."""
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for x in n.input:
+            consumers.setdefault(x, []).append(n)
+    by_name = {n.name: n for n in graph.node}
+    groups = {}
+    for name in names:
+        group, node = [name], by_name[name]
+        while len(node.output) == 1 and len(users := consumers.get(node.output[0], [])) == 1 \
+                and users[0].op_type in ACTIVATIONS:
+            node = users[0]
+            group.append(node.name)
+        groups[name] = group
+    return groups
 
 
 def _session(path: Path):
@@ -163,7 +184,7 @@ def _mixed(spec, calib, base: Path, build, fixed: list, dst: Path, work: Path, m
     if calib is None or not calib.samples:
         raise UsageError(f"{spec.name}: --max-drop measures each layer's sensitivity on data: pass --calib DIR")
     names = [i["name"] for i in spec.inputs]
-    samples = calib.spread(MIXED_SAMPLES).samples
+    samples = calib.spread(MIXED_SAMPLES[spec.metric]).samples
 
     def evaluate(path):
         sess = _session(path)
@@ -171,8 +192,13 @@ def _mixed(spec, calib, base: Path, build, fixed: list, dst: Path, work: Path, m
 
     graph = onnx.load(str(base), load_external_data=False).graph
     candidates = [n.name for n in graph.node if n.op_type in QUANTIZABLE and n.name not in fixed]
-    search = mixed.Search(candidates, build, evaluate, evaluate(base), spec.metric, max_drop, tuple(fixed), log)
+    groups = _layer_groups(graph, candidates)
+
+    def build_groups(float_layers, path):
+        build([m for name in float_layers for m in groups.get(name, [name])], path)
+    search = mixed.Search(candidates, build_groups, evaluate, evaluate(base), spec.metric, max_drop, tuple(fixed), log)
     report = search.run(dst, work)
+    report["float_with"] = {n: groups[n][1:] for n in report["float_layers"] if len(groups[n]) > 1}
     report["data"] = f"{len(samples)} calibration samples ({calib.source})"
     if report["float_layers"]:
         feeds = dict(zip(names, samples[0]))
