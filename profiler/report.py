@@ -86,8 +86,15 @@ def print_table(report: dict, console=None) -> None:
                           f"{row.get('error', {}).get('message', '')}", highlight=False, soft_wrap=True)
         failed = [c for c in row["verdict"]["checks"] if c["pass"] is not True]
         for c in failed:
-            console.print(f"  {'FAIL' if c['pass'] is False else 'UNCERTAIN'} {row['name']} {row['format']}-{row['precision']}: {c['name']} "
-                          f"{c['value']:.4g} > {c['limit']:g} ({c['basis']})", highlight=False)
+            console.print(f"  {'FAIL' if c['pass'] is False else 'UNCERTAIN'} {row['name']} {row['format']}-{row['precision']}: "
+                          f"{c['name']} {_versus(c)} ({c['basis']})", highlight=False)
+
+
+def _versus(c: dict) -> str:
+    """'value > limit' for a miss; for a band that crosses the limit, the band itself."""
+    if c["pass"] is None and "low" in c:
+        return f"{c['value']:.4g}, band {c['low']:.4g}–{c['high']:.4g} crosses {c['limit']:g}"
+    return f"{c['value']:.4g} > {c['limit']:g}"
 
 
 def make_console():

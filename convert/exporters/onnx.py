@@ -64,6 +64,9 @@ class _Reader:
 
 
 CALIBRATION = f"percentile {PERCENTILE}"
+# EfficientNet-Lite0 top-1 agreement by calibration samples (spread over the built-in 304 views):
+# 56 → 0.950, 152 → 0.968, 304 → 0.971; ORT's histogram collection costs ~0.2 s per sample here.
+CALIB_SAMPLES = 152
 
 
 def _static_int8(spec, calib, pre: Path, work: Path):
@@ -233,7 +236,7 @@ def export(spec, precision: str, out_dir: Path, cache: dict, work: Path, calib=N
         if "static" in method:
             if not calib:
                 raise UsageError(f"{spec.name}: static int8 needs calibration data (--calib DIR)")
-            build, float_layers = _static_int8(spec, calib, pre, work)
+            build, float_layers = _static_int8(spec, calib.spread(CALIB_SAMPLES), pre, work)
         else:
             build, float_layers = _dynamic_int8(pre)
         max_drop = (options or {}).get("max_drop")
@@ -257,7 +260,8 @@ def export(spec, precision: str, out_dir: Path, cache: dict, work: Path, calib=N
     if mixed_report:
         quant["mixed_precision"] = mixed_report
     if calib and precision == "int8" and "static" in method:
-        quant["calibration"] = {"samples": len(calib), "source": calib.source, "observer": CALIBRATION,
+        used = calib.spread(CALIB_SAMPLES)
+        quant["calibration"] = {"samples": len(used), "source": used.source, "observer": CALIBRATION,
                                 "bias_correction": True, "float_layers": float_layers}
     return ExportResult("model.onnx", ins, outs, quant, notes,
                         {"onnxruntime": {"providers": ["CPUExecutionProvider"], "graph_optimization": "ORT_ENABLE_ALL"}})
