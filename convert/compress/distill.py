@@ -188,15 +188,10 @@ class Distill:
         model = student.module
         kind = self.loss_kind(spec)
         mask_at = mask_index(spec)
-        # Teacher outputs once (the teacher is the original model: ctx.teacher, never trained).
-        teacher = ctx.teacher.module.eval()
-        t_out = teacher_outputs(teacher, samples, mask_at)
-        t_tok = None
-        if kind == "tokens":
-            if mask_at is None or not hasattr(model, "tokens") or not hasattr(teacher, "tokens"):
-                raise UsageError('distill loss "tokens" matches per-token hidden states: it needs a Hugging '
-                                 "Face encoder (sentence-embedding / feature-extraction) as teacher and student")
-            t_tok = teacher_tokens(teacher, samples, mask_at)
+        teacher = ctx.teacher.module.eval()           # the original model: ctx.teacher, never trained
+        if kind == "tokens" and (mask_at is None or not hasattr(model, "tokens") or not hasattr(teacher, "tokens")):
+            raise UsageError('distill loss "tokens" matches per-token hidden states: it needs a Hugging '
+                             "Face encoder (sentence-embedding / feature-extraction) as teacher and student")
         fingerprint = checkpoint_fingerprint(cfg, model, samples, labels)
         ckdir = self.checkpoint_dir(ctx)
         ckdir.mkdir(parents=True, exist_ok=True)
@@ -216,6 +211,10 @@ class Distill:
             ctx.log(f"  distill: resuming from {ckfile} after epoch {state['epoch']}"
                     + (" (already finished)" if state["done"] else ""))
             ctx.notes.append(f"resumed from checkpoint after epoch {state['epoch']}")
+        t_out = t_tok = None
+        if not state["done"]:                 # teacher outputs once; a finished run needs none
+            t_out = teacher_outputs(teacher, samples, mask_at)
+            t_tok = teacher_tokens(teacher, samples, mask_at) if kind == "tokens" else None
 
         def evaluate():
             model.eval()
