@@ -42,7 +42,7 @@ def stages(minilm_distill: str) -> dict:
 
 def macs(out: Path, spec) -> int | None:
     """MACs of the model the stage exported: from the compression report, else counted on the original."""
-    m = json.loads((out / f"onnx-fp32" / "manifest.json").read_text())
+    m = json.loads((out / "onnx-fp32" / "manifest.json").read_text())
     steps = m.get("source", {}).get("compression") or []
     if steps:
         return steps[-1]["macs"][1]
@@ -83,7 +83,7 @@ def main() -> int:
                 if i == 0 and r["precision"] == "fp32":
                     base[r["format"]] = (p50, r["size_mb"])
                 rows.append((model, stage, r["format"], r["precision"], r["size_mb"], n_macs, p50, fmt_acc(r),
-                             r["format"]))
+                             base))
     print(f"\nLatency: {describe(1)}, {args.warmup} warm-up + {args.runs} runs, p50. Accuracy: vs the ORIGINAL "
           "fp32 model on the built-in evaluation sets (342 views of 9 photos; 64 held-out sentences). "
           "Ratios: to the uncompressed fp32 artifact of the same format, same run. Core ML: not measurable on "
@@ -92,8 +92,8 @@ def main() -> int:
             "size ×", "speed ×")
     print("| " + " | ".join(head) + " |")
     print("|" + "|".join("---" for _ in head) + "|")
-    for model, stage, fmt, prec, size, n_macs, p50, acc, f in rows:
-        b_p50, b_size = base[f]
+    for model, stage, fmt, prec, size, n_macs, p50, acc, model_base in rows:
+        b_p50, b_size = model_base[fmt]          # this model's uncompressed fp32 artifact, same format
         print(f"| {model} | {stage} | {fmt} | {prec} | {size:.2f} | {n_macs / 1e6:,.0f} | {p50:.2f} | {acc} | "
               f"{b_size / size:.2f}× smaller | {b_p50 / p50:.2f}× |")
     return 0
