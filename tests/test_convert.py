@@ -227,7 +227,7 @@ def test_op_a_target_cannot_take_is_named(tmp_path):
 
 @pytest.mark.parametrize("args, text", [
     (["--to", "onnx,tensorrt"], "tensorrt"),
-    (["--precision", "int4"], "int4"),
+    (["--precision", "int2"], "int2"),
 ])
 def test_unknown_format_or_precision(tmp_path, args, text):
     r = run_cli("convert", CNN, *args, "-o", tmp_path / "out")
