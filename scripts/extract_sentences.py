@@ -1,13 +1,16 @@
 """Rebuild convert/data/sentences.txt: real English sentences from CPython stdlib docstrings.
 
-Run with the Python the data should come from: `python scripts/extract_sentences.py`.
+Run with the Python the data should come from: `python scripts/extract_sentences.py`. The prose filter
+is convert/corpus.py's (since 2026-11; it also drops sentences with "http" or "TODO"), so a re-run may
+differ from the committed file in such sentences.
 """
 import importlib
 import inspect
 import random
-import re
 import warnings
 from pathlib import Path
+
+from pocketml.convert.corpus import prose_sentences
 
 MODULES = """abc argparse asyncio base64 bisect calendar collections concurrent.futures contextlib copy csv
 dataclasses datetime decimal difflib email enum fileinput fnmatch fractions ftplib functools getopt gettext
@@ -16,7 +19,6 @@ mimetypes numbers operator optparse os pathlib pickle pkgutil platform poplib pp
 secrets selectors shelve shlex shutil signal smtplib socket socketserver sqlite3 ssl statistics string struct
 subprocess tarfile tempfile textwrap threading timeit tokenize trace traceback turtle unittest urllib.parse
 urllib.request uuid warnings wave weakref webbrowser xml.dom.minidom zipfile zoneinfo""".split()
-BANNED = (">>>", "::", "__", "()", "=", "\\", "*", "`", "[", "{")
 HEADER = """# Real English sentences for pocketml's built-in text model (minilm-l6).
 # Source: docstrings of the CPython 3.11 standard library (PSF License), extracted by
 # scripts/extract_sentences.py and shuffled with seed 0. The first half of the sentences is the
@@ -40,13 +42,7 @@ def sentences():
         for doc in docstrings(module):
             if not isinstance(doc, str):
                 continue
-            for s in re.split(r"(?<=[.!?])\s+(?=[A-Z])", re.sub(r"\s+", " ", doc)):
-                s = s.strip()
-                words = s.split()
-                if not (8 <= len(words) <= 40 and s.endswith(".") and s[0].isupper()):
-                    continue
-                if sum(c.isalpha() or c == " " for c in s) / len(s) < 0.9 or any(b in s for b in BANNED):
-                    continue
+            for s in prose_sentences(doc):      # the filter shared with convert/corpus.py
                 if s.lower() not in seen:
                     seen.add(s.lower())
                     out.append(s)

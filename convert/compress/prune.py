@@ -24,17 +24,11 @@ def importance(name: str):
 
 def last_layer(module, example):
     """The last Conv/Linear executed in a forward pass: the classifier (or output projection)."""
-    import torch
     from torch import nn
+
+    from .report import run_with_hooks
     order = []
-    hooks = [m.register_forward_hook(lambda m, i, o: order.append(m))
-             for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Conv1d, nn.Linear))]
-    try:
-        with torch.no_grad():
-            module(*example)
-    finally:
-        for h in hooks:
-            h.remove()
+    run_with_hooks(module, example, lambda m, i, o: order.append(m), (nn.Conv2d, nn.Conv1d, nn.Linear))
     return order[-1] if order else None
 
 

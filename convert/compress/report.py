@@ -68,8 +68,17 @@ def count(module, example) -> tuple[int, int]:
     def linear(m, inp, out):
         macs[0] += out.numel() * m.in_features
 
-    hooks = [m.register_forward_hook(conv if isinstance(m, nn.modules.conv._ConvNd) else linear)
-             for m in module.modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
+    run_with_hooks(module, example, lambda m, i, o: (conv if isinstance(m, nn.modules.conv._ConvNd) else linear)(m, i, o),
+                   (nn.modules.conv._ConvNd, nn.Linear))
+    macs[0] += attention_macs(module, example)
+    return int(macs[0]), int(sum(p.numel() for p in module.parameters()))
+
+
+def run_with_hooks(module, example, hook, types) -> None:
+    """One eval-mode forward pass on `example` with `hook` on every submodule of `types`; the hooks are
+    removed and the module's mode restored afterwards."""
+    import torch
+    hooks = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, types)]
     was = module.training
     module.eval()
     try:
@@ -79,8 +88,6 @@ def count(module, example) -> tuple[int, int]:
         for h in hooks:
             h.remove()
         module.train(was)
-    macs[0] += attention_macs(module, example)
-    return int(macs[0]), int(sum(p.numel() for p in module.parameters()))
 
 
 def attention_macs(module, example) -> int:
