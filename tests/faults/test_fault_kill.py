@@ -89,7 +89,7 @@ def test_sigint_mid_write_exits_cleanly_and_removes_temporaries(tmp_path):
     else:
         proc.kill()
         pytest.fail("convert did not stop on SIGINT")
-    assert proc.returncode in (1, 130), stderr
+    assert proc.returncode in (1, 130, -signal.SIGINT), stderr     # -SIGINT: a repeat landed during exit
     assert stderr.strip().splitlines()[-1] == "Aborted!", stderr          # click's clean exit, no traceback
     _published_are_complete(out)                                         # whatever was published is whole
     assert_no_partial(out)                                               # and no .tmp- leftovers at all
