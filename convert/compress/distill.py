@@ -99,20 +99,23 @@ def teacher_outputs(teacher, samples, mask_at, batch: int = 64) -> list:
     return out
 
 
-def teacher_tokens(teacher, samples, mask_at, batch: int = 64) -> list:
-    """Per sample, the teacher's last hidden states of its real tokens ([n_tokens, hidden], fp16 to save
-    memory) for loss "tokens"."""
+def teacher_tokens(teacher, samples, mask_at, batch: int = 64) -> tuple[list, list]:
+    """For loss "tokens", in one teacher pass: per sample the output (pooled from the hidden states, as
+    the teacher's forward does) and the last hidden states of its real tokens ([n_tokens, hidden], fp16
+    to save memory)."""
     import torch
     order = np.argsort([int(np.asarray(s[mask_at]).sum()) for s in samples], kind="stable")
-    out = [None] * len(samples)
+    outs, toks = [None] * len(samples), [None] * len(samples)
     with torch.no_grad():
         for i in range(0, len(order), batch):
             idx = order[i:i + batch]
             b = stack(samples, idx, mask_at)
             h = teacher.tokens(*b)
+            y = first(teacher.pool(h, b[mask_at])).float()
             for j, k in enumerate(idx):
-                out[k] = h[j, :int(b[mask_at][j].sum())].half()
-    return out
+                outs[k] = y[j:j + 1]
+                toks[k] = h[j, :int(b[mask_at][j].sum())].half()
+    return outs, toks
 
 
 def token_loss(s_hidden, t_tokens, mask):
@@ -213,8 +216,10 @@ class Distill:
             ctx.notes.append(f"resumed from checkpoint after epoch {state['epoch']}")
         t_out = t_tok = None
         if not state["done"]:                 # teacher outputs once; a finished run needs none
-            t_out = teacher_outputs(teacher, samples, mask_at)
-            t_tok = teacher_tokens(teacher, samples, mask_at) if kind == "tokens" else None
+            if kind == "tokens":
+                t_out, t_tok = teacher_tokens(teacher, samples, mask_at)
+            else:
+                t_out = teacher_outputs(teacher, samples, mask_at)
 
         def evaluate():
             model.eval()

@@ -236,7 +236,8 @@ def export(spec, precision: str, out_dir: Path, cache: dict, work: Path, calib=N
         if "static" in method:
             if not calib:
                 raise UsageError(f"{spec.name}: static int8 needs calibration data (--calib DIR)")
-            build, float_layers = _static_int8(spec, calib.spread(CALIB_SAMPLES), pre, work)
+            calib_used = calib.spread(CALIB_SAMPLES)
+            build, float_layers = _static_int8(spec, calib_used, pre, work)
         else:
             build, float_layers = _dynamic_int8(pre)
         max_drop = (options or {}).get("max_drop")
@@ -260,8 +261,7 @@ def export(spec, precision: str, out_dir: Path, cache: dict, work: Path, calib=N
     if mixed_report:
         quant["mixed_precision"] = mixed_report
     if calib and precision == "int8" and "static" in method:
-        used = calib.spread(CALIB_SAMPLES)
-        quant["calibration"] = {"samples": len(used), "source": used.source, "observer": CALIBRATION,
+        quant["calibration"] = {"samples": len(calib_used), "source": calib_used.source, "observer": CALIBRATION,
                                 "bias_correction": True, "float_layers": float_layers}
     return ExportResult("model.onnx", ins, outs, quant, notes,
                         {"onnxruntime": {"providers": ["CPUExecutionProvider"], "graph_optimization": "ORT_ENABLE_ALL"}})
