@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from pocketml.runtime.errors import PocketmlError, UnsupportedError
+from pocketml.runtime.errors import PocketmlError, UnsupportedError, UsageError
 from pocketml.runtime.versions import CONVERT_PACKAGES, check_versions
 
 from .quiet import quiet
@@ -58,9 +58,10 @@ def cli(verbose: bool) -> None:
 
 @cli.command()
 @click.argument("model")
-@click.option("--to", "formats", default="onnx,tflite,coreml", show_default=True, help="Target formats.")
-@click.option("--precision", "precisions", default="fp32", show_default=True,
-              help="fp32,fp16,int8,int8w,int4 (int8w: weight-only int8; int4: 4-bit weights, see docs/COMPRESSION.md).")
+@click.option("--to", "formats", help="Target formats [default: onnx,tflite,coreml, or the recipe's export step].")
+@click.option("--precision", "precisions",
+              help="fp32,fp16,int8,int8w,int4 (int8w: weight-only int8; int4: 4-bit weights, see docs/COMPRESSION.md) "
+              "[default: fp32, or the recipe's quantize step].")
 @click.option("--calib", type=click.Path(), help="Calibration data directory (images, .npy/.npz, .txt).")
 @click.option("--task", help="For Hugging Face dirs: feature-extraction, sentence-embedding, text-classification.")
 @click.option("--seq-len", default=128, show_default=True, help="Sequence length for text models.")
@@ -71,11 +72,15 @@ def cli(verbose: bool) -> None:
               "(CNNs) or heads=0.5,ffn=0.5 (transformers).")
 @click.option("--drop-layers", "drop_layers", help="Keep only these encoder layers: keep=0,2,4.")
 @click.option("--distill", "distill", help="Distill the compressed model from the original: [data=DIR][,epochs=N].")
+@click.option("--quantize", "quantize", help="Shorthand for a recipe's quantize step: int8[,observer=NAME][,max_drop=1%]"
+              "[,calib=DIR] (the same as --precision int8 --observer … --max-drop … --calib …).")
 @click.option("--max-drop", "max_drop", help="ONNX int8: keep the most sensitive layers float until the accuracy "
               "drop on the calibration data is within this budget, e.g. 1% (automatic mixed precision).")
+@click.option("--observer", help="Static int8: how activation ranges are set from the calibration data. "
+              "onnx: percentile (default), minmax, entropy; tflite: histogram (default), minmax, percentile.")
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(), help="Output directory.")
 def convert(model, formats, precisions, calib, task, seq_len, trust_remote_code, no_reuse, recipe_file, prune,
-            drop_layers, distill, max_drop, out_dir):
+            drop_layers, distill, quantize, max_drop, observer, out_dir):
     """Convert MODEL into validated artifacts, one directory per format × precision.
 
     \b
@@ -89,16 +94,26 @@ def convert(model, formats, precisions, calib, task, seq_len, trust_remote_code,
       pocketml convert mypkg.models:build --to tflite --precision int8 --calib ./images -o out/mine
       pocketml convert minilm-l6 --recipe recipes/minilm-phone.toml --to onnx -o out/minilm-small
       pocketml convert efficientnet-lite0 --prune channels=0.3 --distill epochs=5 --to tflite -o out/eff
+      pocketml convert efficientnet-lite0 --prune channels=0.3 --distill data=./images --quantize int8 --calib ./images -o out/eff
       pocketml convert minilm-l6 --to onnx --precision int8 --max-drop 0.5% -o out/minilm-mixed
     """
     from pocketml.convert import Recipe, run
 
-    recipe = Recipe(model=model, formats=_csv(formats), precisions=_csv(precisions), calib=calib, task=task,
-                    trust_remote_code=trust_remote_code, seq_len=seq_len, options={"reuse": not no_reuse})
-    if max_drop is not None:
-        recipe.options["max_drop"] = _fraction(max_drop)
     try:
-        recipe.steps = _compression_steps(recipe_file, prune, drop_layers, distill)
+        steps, settings = _compression_steps(recipe_file, prune, drop_layers, distill, quantize)
+        flags = {"formats": formats and _csv(formats), "precisions": precisions and _csv(precisions),
+                 "calib": calib, "observer": observer, "max_drop": _fraction(max_drop)}
+        if "max_drop" in settings:
+            settings["max_drop"] = _fraction(str(settings["max_drop"]))
+        chosen = _merge_settings(flags, settings)
+    except PocketmlError as exc:
+        _fail(exc)
+    recipe = Recipe(model=model, formats=chosen.get("formats", ["onnx", "tflite", "coreml"]),
+                    precisions=chosen.get("precisions", ["fp32"]), calib=chosen.get("calib"), task=task,
+                    trust_remote_code=trust_remote_code, seq_len=seq_len, options={"reuse": not no_reuse},
+                    steps=steps)
+    recipe.options.update({k: chosen[k] for k in ("max_drop", "observer") if chosen.get(k) is not None})
+    try:
         check_versions(CONVERT_PACKAGES)
         click.echo(f"converting {model} → {', '.join(recipe.formats)} × {', '.join(recipe.precisions)} in {out_dir}")
         outcomes = run(recipe, Path(out_dir), log=click.echo)
@@ -116,14 +131,31 @@ def convert(model, formats, precisions, calib, task, seq_len, trust_remote_code,
     click.echo(f"{len(outcomes)} artifacts published in {out_dir}")
 
 
-def _compression_steps(recipe_file, prune, drop_layers, distill) -> list[dict]:
-    """--recipe FILE steps, then the shorthands in the order prune → drop-layers → distill. Torch-free."""
-    from pocketml.convert.compress.recipe import load_recipe, parse_shorthand
+def _compression_steps(recipe_file, prune, drop_layers, distill, quantize) -> tuple[list[dict], dict]:
+    """--recipe FILE steps, then the shorthands in the order prune → drop-layers → distill → quantize.
+    Returns (compression steps, export settings of the quantize / export steps). Torch-free."""
+    from pocketml.convert.compress.recipe import check_order, load_recipe, parse_shorthand, take_settings
     steps = load_recipe(recipe_file) if recipe_file else []
-    for option, text in (("prune", prune), ("drop-layers", drop_layers), ("distill", distill)):
+    for option, text in (("prune", prune), ("drop-layers", drop_layers), ("distill", distill), ("quantize", quantize)):
         if text is not None:
             steps.append(parse_shorthand(option, text))
-    return steps
+    if prune or drop_layers or distill or quantize:
+        check_order([s["kind"] for s in steps], "--recipe with shorthand flags")
+    return take_settings(steps)
+
+
+def _merge_settings(flags: dict, settings: dict) -> dict:
+    """A setting given both as a flag and by the recipe's quantize / export step must agree."""
+    clash = [k for k in flags if flags[k] is not None and k in settings and flags[k] != settings[k]]
+    if clash:
+        show = lambda v: ",".join(v) if isinstance(v, list) else v   # noqa: E731
+        raise UsageError("the command line and the recipe's quantize / export step disagree: " + "; ".join(
+            f"{FLAG_NAMES[k]} {show(flags[k])} vs {show(settings[k])}" for k in clash), fields=clash)
+    return {**settings, **{k: v for k, v in flags.items() if v is not None}}
+
+
+FLAG_NAMES = {"formats": "--to", "precisions": "--precision", "calib": "--calib", "observer": "--observer",
+              "max_drop": "--max-drop"}
 
 
 @cli.command()

@@ -72,7 +72,7 @@ def sentence_set(split: str, pre: dict, tokenizer_file: Path, limit: int | None 
                    f"{len(lines)} {split} sentences from CPython docstrings (convert/data/sentences.txt)")
 
 
-DISTILL_SENTENCES = 20000
+DISTILL_SENTENCES = 40000
 
 
 def docstring_set(pre: dict, tokenizer_file: Path, limit: int = DISTILL_SENTENCES) -> DataSet:

@@ -42,6 +42,7 @@ class Recipe:
             raise UsageError(f"unknown format(s) {bad_f or ''} precision(s) {bad_p or ''}: formats are "
                              f"{', '.join(FORMATS)}; precisions are {', '.join(PRECISIONS)}")
         self.check_max_drop()
+        self.check_observer()
 
     def check_max_drop(self) -> None:
         """--max-drop drives the mixed-precision search, implemented for ONNX int8 (exporters/mixed.py)."""
@@ -56,6 +57,23 @@ class Recipe:
         if other:
             raise UsageError(f"--max-drop (automatic mixed precision) is implemented for ONNX int8 only, not "
                              f"{', '.join(other)}: convert those formats in a separate command without --max-drop")
+
+    def check_observer(self) -> None:
+        """--observer names how static int8 sets activation ranges; each format has its own set."""
+        name = self.options.get("observer")
+        if name is None:
+            return
+        if "int8" not in self.precisions:
+            raise UsageError(f"--observer {name} sets the activation ranges of static int8: it needs --precision int8")
+        calibrated = [f for f in self.formats if f in exporters.OBSERVERS]
+        if not calibrated:
+            raise UsageError(f"--observer applies to static int8 in {', '.join(exporters.OBSERVERS)}; "
+                             f"{', '.join(self.formats)} int8 has no calibrated activations")
+        wrong = [f for f in calibrated if name not in exporters.OBSERVERS[f]]
+        if wrong:
+            choices = "; ".join(f"{f}: {', '.join(exporters.OBSERVERS[f])}" for f in wrong)
+            raise UsageError(f"--observer {name} is not available for {', '.join(wrong)} (observers — {choices})",
+                             observer=name, formats=wrong)
 
     def as_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -97,13 +115,17 @@ def check_extras(formats) -> None:
 def calibration_set(recipe: Recipe, spec: ModelSpec) -> DataSet | None:
     from pocketml.runtime.data import load_data_dir
 
+    needs = [f for f in recipe.formats if "int8" in recipe.precisions
+             and exporters.needs_calibration(f, "int8", spec.family)]
+    if recipe.options.get("observer") and not needs:
+        raise UsageError(f"--observer {recipe.options['observer']}: {spec.name}'s int8 in "
+                         f"{', '.join(recipe.formats)} has no calibrated activations (dynamic or weight-only "
+                         "quantization sets ranges at run time): drop --observer")
     if recipe.calib:
         pre = dict(spec.preprocessing)
         if spec.tokenizer_file:
             pre["tokenizer_file"] = str(spec.tokenizer_file)
         return DataSet(load_data_dir(Path(recipe.calib), spec.inputs, pre), f"user data {recipe.calib}")
-    needs = [f for f in recipe.formats if "int8" in recipe.precisions
-             and exporters.needs_calibration(f, "int8", spec.family)]
     if needs and spec.calib is None:
         raise UsageError(f"static int8 for {spec.name} ({', '.join(needs)}) needs calibration data: pass "
                          "--calib DIR with representative inputs. pocketml does not substitute a default set.")

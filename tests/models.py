@@ -22,6 +22,22 @@ def tiny_cnn():
     return model.eval(), torch.randn(*IMAGE_SHAPE)
 
 
+def same_pad_cnn():
+    """Like EfficientNet-Lite's stride-2 blocks: TF "same" padding as ZeroPad2d((0, 1, 0, 1)) before a
+    stride-2 depthwise conv (and (1, 2, 1, 2) before a 5×5 one), after the three leading convs that
+    static int8 keeps float."""
+    torch.manual_seed(2)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU6(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU6(),
+        nn.Conv2d(8, 8, 1), nn.Conv2d(8, 16, 1), nn.ReLU6(),
+        nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(16, 16, 3, stride=2, groups=16), nn.ReLU6(),
+        nn.Conv2d(16, 16, 1), nn.ReLU6(),
+        nn.ZeroPad2d((1, 2, 1, 2)), nn.Conv2d(16, 16, 5, stride=2, groups=16), nn.ReLU6(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+    return model.eval(), torch.randn(*IMAGE_SHAPE)
+
+
 def tiny_mlp():
     """Linear layers only (family "generic"): int8 is dynamic and needs no calibration."""
     torch.manual_seed(1)

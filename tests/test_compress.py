@@ -142,7 +142,10 @@ def test_cli_bad_shorthands(tmp_path, args, named):
 
 
 @pytest.mark.parametrize("body, named", [
-    ('[[steps]]\nkind = "quantize"\n', "quantize"),
+    ('[[steps]]\nkind = "quantise"\n', "quantise"),
+    ('[[steps]]\nkind = "quantize"\nprecision = ["int8"]\n[[steps]]\nkind = "prune"\nchannels = 0.3\n',
+     "quantize → prune"),
+    ('[[steps]]\nkind = "quantize"\nbits = 4\n', "bits"),
     ('[[steps]]\nkind = "prune"\nchannels = 0.3\nsparsity = 0.5\n', "sparsity"),
     ('[[steps]]\nkind = "prune"\nchannels = "a lot"\n', "a lot"),
     ('model = "x"\n[[steps]]\nkind = "prune"\nchannels = 0.3\n', "model"),
@@ -164,11 +167,40 @@ def test_shipped_recipes_parse():
     assert eff[0] == {"kind": "prune", "channels": 0.3, "importance": "l1", "global": False}
 
 
+def test_quantize_and_export_steps_set_what_is_exported(digits, tmp_path):
+    """prune → quantize → export in a recipe file: the same as --prune … --precision … --to …"""
+    f = tmp_path / "r.toml"
+    f.write_text('[[steps]]\nkind = "prune"\nchannels = 0.5\n'
+                 f'[[steps]]\nkind = "quantize"\nprecision = ["int8"]\nobserver = "minmax"\ncalib = "{digits["calib"]}"\n'
+                 '[[steps]]\nkind = "export"\nto = ["onnx"]\n')
+    r = run_cli("convert", DIGITS, "--task", "image-classification", "--recipe", f, "-o", tmp_path / "o")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "o").iterdir() if not p.name.startswith(".")) == ["onnx-int8", "reference"]
+    m = rt.load(tmp_path / "o" / "onnx-int8").manifest
+    assert m.quantization["calibration"]["observer"].startswith("minmax")
+    assert [s["kind"] for s in m.recipe["steps"]] == ["prune"] and m.recipe["calib"] == str(digits["calib"])
+
+
+@pytest.mark.parametrize("args, text", [
+    (["--quantize", "int8", "--precision", "fp16"], "--precision fp16 vs int8"),
+    (["--quantize", "int8,observer=minmax", "--observer", "entropy"], "--observer entropy vs minmax"),
+    (["--quantize", "int8,max_drop=1%", "--max-drop", "0.01"], None),          # the same budget: no clash
+])
+def test_quantize_shorthand_must_agree_with_the_flags(tmp_path, args, text):
+    r = run_cli("convert", "models:tiny_mlp", "--to", "onnx", *args, "-o", tmp_path / "o")
+    if text is None:
+        assert "disagree" not in r.output
+    else:
+        assert r.exit_code == 2 and text in r.output, r.output
+
+
 def test_shorthands_fill_steps():
     assert parse_shorthand("prune", "channels=0.3,importance=l2,global") == {
         "kind": "prune", "channels": 0.3, "importance": "l2", "global": True}
     assert parse_shorthand("drop-layers", "keep=0,2,4") == {"kind": "layer_drop", "keep": [0, 2, 4]}
     assert parse_shorthand("distill", "data=/d,epochs=3") == {"kind": "distill", "data": "/d", "epochs": 3}
+    assert parse_shorthand("quantize", "fp16,int8,observer=minmax") == {
+        "kind": "quantize", "precision": ["fp16", "int8"], "observer": "minmax"}
 
 
 def test_prune_that_empties_a_layer_is_refused():
@@ -338,3 +370,29 @@ def test_cli_shorthands_end_to_end(digits, tmp_path):
     assert [s["step"] for s in m.source["compression"]] == ["prune", "distill"]
     assert m.recipe["steps"][0] == {"kind": "prune", "channels": 0.5, "importance": "l2"}
     assert list((out / ".distill-checkpoint").glob("*checkpoint.pt"))      # default checkpoint dir: OUT/
+
+
+def test_long_steps_show_a_progress_bar_on_a_terminal(digits, tmp_path, monkeypatch):
+    """On a terminal, once a step has run DELAY_S seconds, the teacher pass and the training epochs get a
+    bar (rich, transient); the epoch reports still print. Off a terminal nothing but the lines is written."""
+    import io
+
+    from rich.console import Console
+
+    from pocketml.convert import progress
+    small = {"data": str(digits["train"]), "epochs": 2, "threads": 1, "max_samples": 300, "patience": 5}
+    steps = [{"kind": "prune", "channels": 0.5}, {"kind": "distill", **small, "checkpoint_dir": str(tmp_path)}]
+    screens, logs = {}, {}
+    for terminal in (True, False):
+        screen = io.StringIO()
+        monkeypatch.setattr(progress, "DELAY_S", 0.0)
+        monkeypatch.setattr(progress, "CONSOLE", Console(file=screen, force_terminal=terminal, width=120))
+        lines = []
+        apply_steps(digits_spec(digits, 16), [dict(s) for s in steps], log=lines.append)
+        screens[terminal], logs[terminal] = screen.getvalue(), "\n".join(lines)
+        for f in tmp_path.iterdir():                       # start over: no checkpoint to resume from
+            f.unlink()
+    assert "teacher outputs" in screens[True] and "distill epoch 2/2" in screens[True]
+    assert "━" in screens[True]                                          # the bar itself
+    assert "distill epoch 1/2: val top-1 agreement" in screens[True]     # reports print above the bar
+    assert screens[False] == "" and "distill epoch 2/2: val top-1 agreement" in logs[False]

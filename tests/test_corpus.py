@@ -36,3 +36,26 @@ def test_neighbour_agreement():
     swapped = [t[0], t[2], t[1], t[3]]       # sample 1 and 2 trade places: their neighbours change
     assert neighbour_agreement(t, swapped) == 0.0
     assert neighbour_agreement(t[:2], t[:2]) is None
+
+
+def test_near_duplicates_of_excluded_sentences_are_recognised():
+    near = corpus.NearDuplicates({"Return true if the object is a coroutine."})
+    assert "Return True if the object is a coroutine function." in near       # restated: left out
+    assert "Return the number of items in the queue right now." not in near
+
+
+def test_a_docstring_holding_an_excluded_sentence_is_left_out_whole():
+    a, _ = corpus.docstring_sentences(10_000, exclude=set(), packages=("click",))
+    doc = next(d for p in corpus.source_files("click", corpus.package_root("click"))
+               for d in corpus.file_docstrings(p) if len(list(corpus.prose_sentences(d))) >= 2)
+    first, *rest = corpus.prose_sentences(doc)
+    b, source = corpus.docstring_sentences(10_000, exclude={first}, packages=("click",))
+    assert first not in b and not set(rest) & set(b)          # its neighbours go too
+    assert "docstrings holding one or a near-duplicate left out whole" in source
+
+
+def test_standard_library_is_a_source_without_site_packages():
+    root = corpus.package_root(corpus.STDLIB)
+    assert (root / "os.py").is_file()
+    files = list(corpus.source_files(corpus.STDLIB, root))
+    assert files and not any("site-packages" in p.parts for p in files)

@@ -9,13 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 from pathlib import Path
 
 import numpy as np
 
 from pocketml.runtime.errors import UsageError
 
+from ..progress import Bar
 from .recipe import DistillConfig, config_dict
 from .report import Context, agreement, clone, first, state_digest, to_torch
 
@@ -83,7 +83,7 @@ def stack(samples, idx, mask_at: int | None = None):
     return batch
 
 
-def teacher_outputs(teacher, samples, mask_at, batch: int = 64) -> list:
+def teacher_outputs(teacher, samples, mask_at, batch: int = 64, bar=None) -> list:
     """The teacher's first output per sample, computed in batches of similar length (fast for text)."""
     import torch
     order = np.arange(len(samples))
@@ -96,10 +96,12 @@ def teacher_outputs(teacher, samples, mask_at, batch: int = 64) -> list:
             y = first(teacher(*stack(samples, idx, mask_at))).float()
             for j, k in enumerate(idx):
                 out[k] = y[j:j + 1]
+            if bar:
+                bar.advance(len(idx))
     return out
 
 
-def teacher_tokens(teacher, samples, mask_at, batch: int = 64) -> tuple[list, list]:
+def teacher_tokens(teacher, samples, mask_at, batch: int = 64, bar=None) -> tuple[list, list]:
     """For loss "tokens", in one teacher pass: per sample the output (pooled from the hidden states, as
     the teacher's forward does) and the last hidden states of its real tokens ([n_tokens, hidden], fp16
     to save memory)."""
@@ -115,6 +117,8 @@ def teacher_tokens(teacher, samples, mask_at, batch: int = 64) -> tuple[list, li
             for j, k in enumerate(idx):
                 outs[k] = y[j:j + 1]
                 toks[k] = h[j, :int(b[mask_at][j].sum())].half()
+            if bar:
+                bar.advance(len(idx))
     return outs, toks
 
 
@@ -216,10 +220,11 @@ class Distill:
             ctx.notes.append(f"resumed from checkpoint after epoch {state['epoch']}")
         t_out = t_tok = None
         if not state["done"]:                 # teacher outputs once; a finished run needs none
-            if kind == "tokens":
-                t_out, t_tok = teacher_tokens(teacher, samples, mask_at)
-            else:
-                t_out = teacher_outputs(teacher, samples, mask_at)
+            with Bar("distill: teacher outputs", len(samples), log=ctx.log) as bar:
+                if kind == "tokens":
+                    t_out, t_tok = teacher_tokens(teacher, samples, mask_at, bar=bar)
+                else:
+                    t_out = teacher_outputs(teacher, samples, mask_at, bar=bar)
 
         def evaluate():
             model.eval()
@@ -238,58 +243,24 @@ class Distill:
         threads = torch.get_num_threads()
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        t_start = time.perf_counter()
-        progress = task = None
         n_batches = (len(tr) + cfg.batch_size - 1) // cfg.batch_size
+        bar = Bar("distilling", cfg.epochs * n_batches, log=ctx.log)
+        bar.done = state["epoch"] * n_batches
         try:
-            while not state["done"] and state["epoch"] < cfg.epochs:
-                epoch = state["epoch"] + 1
-                torch.manual_seed(cfg.seed + epoch)          # dropout etc.: deterministic per epoch → resumable
-                order = np.random.default_rng(cfg.seed + epoch).permutation(tr)
-                model.train()
-                for b in range(n_batches):
-                    idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-                    batch = stack(samples, idx, mask_at)
-                    y = torch.from_numpy(labels[idx]) if labels is not None else None
-                    if t_tok is None:
-                        out = first(model(*batch))
-                        loss = self.loss(kind, out, torch.cat([t_out[i] for i in idx]), y)
-                    else:
-                        hidden = model.tokens(*batch)
-                        out = model.pool(hidden, batch[mask_at])
-                        loss = (self.loss(kind, out, torch.cat([t_out[i] for i in idx]))
-                                + token_loss(hidden, [t_tok[i] for i in idx], batch[mask_at]))
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-                    if progress is None and time.perf_counter() - t_start > 3:
-                        from rich.progress import Progress
-                        progress = Progress(transient=True)
-                        progress.start()
-                        task = progress.add_task("distilling", total=cfg.epochs * n_batches,
-                                                 completed=(epoch - 1) * n_batches + b + 1)
-                    elif progress is not None:
-                        progress.update(task, advance=1, description=f"distill epoch {epoch}/{cfg.epochs}")
-                metric, val_loss = evaluate()
-                score = [metric, -val_loss]
-                state["history"].append({"epoch": epoch, "val_metric": metric, "val_loss": val_loss})
-                if score > state["best_score"]:
-                    state.update(best_score=score, best_epoch=epoch, bad_epochs=0)
-                    best = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                else:
-                    state["bad_epochs"] += 1
-                state["epoch"] = epoch
-                if state["bad_epochs"] > cfg.patience or epoch >= cfg.epochs:
-                    state["done"] = True
-                self._save(ckfile, model, opt, best, state)
-                msg = (f"  distill epoch {epoch}/{cfg.epochs}: val {'top-1 agreement' if spec.metric == 'top1' else 'cosine'}"
-                       f" {metric:.4f}, val loss {val_loss:.4f}" + ("  (best)" if state["best_epoch"] == epoch else ""))
-                (progress.console.print if progress else ctx.log)(msg)
-                after_epoch(epoch)
+            with bar:
+                while not state["done"] and state["epoch"] < cfg.epochs:
+                    self._epoch(state, model, opt, samples, labels, tr, t_out, t_tok, kind, mask_at, bar, n_batches)
+                    metric, val_loss = evaluate()
+                    self._end_epoch(state, metric, val_loss)
+                    if state["best_epoch"] == state["epoch"]:
+                        best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    self._save(ckfile, model, opt, best, state)
+                    name = "top-1 agreement" if spec.metric == "top1" else "cosine"
+                    bar.print(f"  distill epoch {state['epoch']}/{cfg.epochs}: val {name} {metric:.4f}, val loss "
+                              f"{val_loss:.4f}" + ("  (best)" if state["best_epoch"] == state["epoch"] else ""))
+                    after_epoch(state["epoch"])
         finally:
             torch.set_num_threads(threads)
-            if progress is not None:
-                progress.stop()
         if state["bad_epochs"] > cfg.patience:
             ctx.notes.append(f"early stop after epoch {state['epoch']} (no improvement for {cfg.patience + 1} epochs)")
         model.load_state_dict(best)
@@ -298,6 +269,42 @@ class Distill:
                          f"checkpoint {ckfile}")
         student.module = model.eval()
         return student
+
+    def _epoch(self, state, model, opt, samples, labels, tr, t_out, t_tok, kind, mask_at, bar, n_batches):
+        import torch
+        cfg = self.cfg
+        epoch = state["epoch"] + 1
+        torch.manual_seed(cfg.seed + epoch)          # dropout etc.: deterministic per epoch → resumable
+        order = np.random.default_rng(cfg.seed + epoch).permutation(tr)
+        model.train()
+        for b in range(n_batches):
+            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            batch = stack(samples, idx, mask_at)
+            target = torch.cat([t_out[i] for i in idx])
+            if t_tok is None:
+                y = torch.from_numpy(labels[idx]) if labels is not None else None
+                loss = self.loss(kind, first(model(*batch)), target, y)
+            else:
+                hidden = model.tokens(*batch)
+                loss = (self.loss(kind, model.pool(hidden, batch[mask_at]), target)
+                        + token_loss(hidden, [t_tok[i] for i in idx], batch[mask_at]))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            bar.advance(description=f"distill epoch {epoch}/{cfg.epochs}")
+
+    def _end_epoch(self, state, metric, val_loss) -> None:
+        """Record the epoch; best / early-stop bookkeeping (the score: val metric, then −val loss)."""
+        epoch = state["epoch"] + 1
+        score = [metric, -val_loss]
+        state["history"].append({"epoch": epoch, "val_metric": metric, "val_loss": val_loss})
+        if score > state["best_score"]:
+            state.update(best_score=score, best_epoch=epoch, bad_epochs=0)
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch
+        if state["bad_epochs"] > self.cfg.patience or epoch >= self.cfg.epochs:
+            state["done"] = True
 
     @staticmethod
     def _save(path: Path, model, opt, best, state) -> None:

@@ -49,7 +49,26 @@ class DistillConfig:
     threads: int | None = None            # torch CPU threads while training (default: torch's own setting)
 
 
+@dataclass
+class QuantizeConfig:
+    """The precisions every format is exported in, and how int8 is calibrated (same as the CLI flags
+    --precision, --calib, --observer, --max-drop; see docs/COMPRESSION.md)."""
+    precision: list[str] = field(default_factory=lambda: ["int8"])
+    calib: str | None = None              # calibration data directory
+    observer: str | None = None           # static int8 activation observer (exporters.OBSERVERS)
+    max_drop: str | None = None           # automatic mixed precision budget, "1%" or 0.01
+
+
+@dataclass
+class ExportConfig:
+    """The target formats (same as --to)."""
+    to: list[str] = field(default_factory=lambda: ["onnx", "tflite", "coreml"])
+
+
 STEP_KINDS: dict[str, type] = {"prune": PruneConfig, "layer_drop": LayerDropConfig, "distill": DistillConfig}
+# Steps that set how the compressed model is exported rather than change it: at most one each, after
+# the compression steps, in this order (prune → layer_drop / distill → quantize → export).
+SETTING_KINDS: dict[str, type] = {"quantize": QuantizeConfig, "export": ExportConfig}
 ALIASES = {"global": "global_pruning"}    # user-facing key → field name
 CHOICES = {"importance": ("l1", "l2", "taylor", "random"), "loss": ("auto", "kl", "cosine", "mse", "tokens")}
 
@@ -106,9 +125,10 @@ def parse_step(raw: dict, where: str = "recipe"):
         raise UsageError(f"{where}: a step must be a table with a `kind`, got {raw!r}")
     raw = dict(raw)
     kind = raw.pop("kind", None)
-    if kind not in STEP_KINDS:
-        raise UsageError(f"{where}: unknown step kind {kind!r}; kinds are {', '.join(STEP_KINDS)}", kind=kind)
-    cls = STEP_KINDS[kind]
+    kinds = {**STEP_KINDS, **SETTING_KINDS}
+    if kind not in kinds:
+        raise UsageError(f"{where}: unknown step kind {kind!r}; kinds are {', '.join(kinds)}", kind=kind)
+    cls = kinds[kind]
     hints = typing.get_type_hints(cls)
     names = {ALIASES_INV.get(f.name, f.name): f.name for f in fields(cls)}
     unknown = [k for k in raw if k not in names]
@@ -175,21 +195,51 @@ def load_recipe(path: str | Path) -> list[dict]:
     if not isinstance(steps, list) or not steps:
         raise UsageError(f"recipe {path}: no [[steps]] tables")
     parse_steps(steps, f"recipe {path}")
+    check_order([s["kind"] for s in steps], f"recipe {path}")
     return [dict(s) for s in steps]
 
 
-SHORTHAND_KIND = {"prune": "prune", "drop-layers": "layer_drop", "distill": "distill"}
+def check_order(kinds: list[str], where: str) -> None:
+    """quantize / export come after every compression step, at most once each, quantize first."""
+    settings = [k for k in kinds if k in SETTING_KINDS]
+    tail = kinds[len(kinds) - len(settings):]
+    if tail != settings or len(set(settings)) != len(settings) or settings not in ([], ["quantize"], ["export"],
+                                                                                     ["quantize", "export"]):
+        raise UsageError(f"{where}: steps in the order {' → '.join(kinds)}; expected the compression steps "
+                         "first, then at most one `quantize` and one `export`, in that order", steps=kinds)
+
+
+def take_settings(steps: list[dict]) -> tuple[list[dict], dict]:
+    """Split the raw steps into compression steps and the export settings of quantize / export
+    ({"precisions", "calib", "observer", "max_drop", "formats"}: only what the steps set)."""
+    settings: dict = {}
+    for step in steps:
+        if step["kind"] == "quantize":
+            _, cfg = parse_step(step, "quantize step")
+            settings.update({"precisions": cfg.precision, "calib": cfg.calib, "observer": cfg.observer,
+                             "max_drop": cfg.max_drop})
+        elif step["kind"] == "export":
+            settings["formats"] = parse_step(step, "export step")[1].to
+    return ([s for s in steps if s["kind"] not in SETTING_KINDS],
+            {k: v for k, v in settings.items() if v is not None})
+
+
+SHORTHAND_KIND = {"prune": "prune", "drop-layers": "layer_drop", "distill": "distill", "quantize": "quantize"}
 FLAGS = {"prune": ("global",)}
 
 
 def parse_shorthand(option: str, text: str) -> dict:
-    """`--prune channels=0.3,importance=l2,global` / `--drop-layers keep=0,2,4` / `--distill data=DIR,epochs=5`.
+    """`--prune channels=0.3,importance=l2,global` / `--drop-layers keep=0,2,4` / `--distill data=DIR,epochs=5`
+    / `--quantize int8[,observer=minmax][,max_drop=1%]`.
 
-    A token without `=` is a flag (prune: `global`) or continues the previous list value (`keep=0,2,4`)."""
+    A token without `=` is a flag (prune: `global`), continues the previous list value (`keep=0,2,4`), or
+    (quantize) leads with the precision list (`--quantize fp16,int8`)."""
     kind = SHORTHAND_KIND[option]
     step: dict = {"kind": kind}
     last = None
-    hints = typing.get_type_hints(STEP_KINDS[kind])
+    if kind == "quantize" and text and "=" not in text.split(",")[0]:
+        text = f"precision={text}"
+    hints = typing.get_type_hints({**STEP_KINDS, **SETTING_KINDS}[kind])
     for tok in [t.strip() for t in text.split(",") if t.strip()]:
         if "=" in tok:
             key, value = (s.strip() for s in tok.split("=", 1))

@@ -62,6 +62,25 @@ def needs_calibration(fmt: str, precision: str, family: str) -> bool:
     return precision == "int8" and "calibrated" in method_for(fmt, precision, family)
 
 
+# How static int8 picks each activation's range from the calibration data (`--observer`), per format.
+# The first entry is the default. EfficientNet-Lite0 top-1 agreement per observer: docs/PERFORMANCE.md.
+OBSERVERS = {
+    "onnx": {"percentile": "range covering 99.999 % of a histogram of the values (onnxruntime Percentile)",
+             "minmax": "smallest and largest value seen (onnxruntime MinMax)",
+             "entropy": "threshold minimising the KL divergence of the quantized histogram (onnxruntime Entropy)"},
+    "tflite": {"histogram": "range minimising the L2 quantization error over a histogram (PT2E HistogramObserver)",
+               "minmax": "smallest and largest value seen (PT2E MinMaxObserver)",
+               "percentile": "range covering 99.999 % of a histogram of the values (pocketml PercentileObserver)"},
+}
+
+
+def observer_for(fmt: str, name: str | None) -> tuple[str, str]:
+    """(observer name, description) used by `fmt` for the requested name (None: the format's default)."""
+    table = OBSERVERS[fmt]
+    name = name or next(iter(table))
+    return name, table[name]
+
+
 @dataclass
 class ExportResult:
     model_file: str                      # relative to the artifact directory

@@ -8,9 +8,14 @@ and 0.41 (TFLite). What fixed it, each step measured:
   never a float layer mid-graph (ORT re-quantizes those per-tensor at load time);
 - TFLite: conv → ReLU6 (hardtanh) annotated as one partition (litert-torch only pairs conv → relu and
   otherwise gives ReLU6 the conv's pre-activation range), BatchNorm folded, symmetric explicit pads
-  moved into the conv (removes PAD + 2 TRANSPOSE per block), weight observer eps 1e-12.
+  moved into the conv (removes PAD + 2 TRANSPOSE per block), weight observer eps 1e-12, every residual
+  add annotated (litert's annotator left the adds of the 80/112/192-channel stages as DQ → float ADD → Q);
+  the asymmetric "same" pads are folded after conversion (tflite_graph.py).
 """
 from __future__ import annotations
+
+import dataclasses
+
 import numpy as np
 
 FLOAT_LEADING_CONVS = 3   # stem conv + first depthwise + first projection stay float
@@ -121,7 +126,31 @@ def torch_prepare(module, samples, float_leading=FLOAT_LEADING_CONVS):
             else: x.bias.sub_(acc[x].float())
     return m
 
-def make_pt2e_quantizer(float_leading=FLOAT_LEADING_CONVS):
+def percentile_observer(percentile: float = 99.999):
+    """A PT2E HistogramObserver whose range covers `percentile` % of the observed values (half the rest cut
+    at each end) instead of minimising the L2 error: ONNX's default, available to TFLite as --observer."""
+    import torch
+    from torchao.quantization.pt2e.observer import HistogramObserver
+
+    class PercentileObserver(HistogramObserver):
+        def _non_linear_param_search(self):
+            cdf = torch.cumsum(self.histogram, 0) / self.histogram.sum().clamp(min=1)
+            tail = (1 - percentile / 100) / 2
+            lo = int(torch.searchsorted(cdf, torch.tensor(tail, dtype=cdf.dtype)))
+            hi = int(torch.searchsorted(cdf, torch.tensor(1 - tail, dtype=cdf.dtype)))
+            width = (self.max_val - self.min_val) / self.bins
+            return self.min_val + lo * width, self.min_val + (min(hi, self.bins - 1) + 1) * width
+
+    return PercentileObserver
+
+
+def activation_observer(name: str):
+    """--observer name → PT2E observer constructor for activations (exporters.OBSERVERS["tflite"])."""
+    from torchao.quantization.pt2e.observer import HistogramObserver, MinMaxObserver
+    return {"histogram": HistogramObserver, "minmax": MinMaxObserver, "percentile": percentile_observer()}[name]
+
+
+def make_pt2e_quantizer(float_leading=FLOAT_LEADING_CONVS, observer: str = "histogram"):
     import torch
     from torch.fx import Node
     from torchao.quantization.pt2e.observer import PerChannelMinMaxObserver
@@ -152,11 +181,20 @@ def make_pt2e_quantizer(float_leading=FLOAT_LEADING_CONVS):
                 conv.meta["quantization_annotation"] = QuantizationAnnotation(input_qspec_map=qmap, _annotated=True)
                 act.meta["quantization_annotation"] = QuantizationAnnotation(
                     output_qspec=get_output_act_qspec(cfg), _annotated=True)
-            return super().annotate(model)
+            model = super().annotate(model)
+            for add in model.graph.nodes:     # residual adds litert's "add" annotator missed: int8 ADD, not
+                if (add.op == "call_function" and add.target == torch.ops.aten.add.Tensor   # DQ→ADD→Q in float
+                        and "quantization_annotation" not in add.meta):
+                    add.meta["quantization_annotation"] = QuantizationAnnotation(
+                        input_qspec_map={a: get_input_act_qspec(cfg) for a in add.args[:2] if isinstance(a, Node)},
+                        output_qspec=get_output_act_qspec(cfg), _annotated=True)
+            return model
 
     cfg = P.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)
+    act = dataclasses.replace(cfg.input_activation,
+                              observer_or_fake_quant_ctr=activation_observer(observer).with_args(eps=2**-12))
     w = cfg.weight   # default weight observer eps=2**-12 floors 900+ channel scales; bias correction assumes none
-    cfg = QuantizationConfig(cfg.input_activation, cfg.output_activation,
+    cfg = QuantizationConfig(act, act,
                              QuantizationSpec(dtype=w.dtype, quant_min=w.quant_min, quant_max=w.quant_max,
                                               qscheme=w.qscheme, ch_axis=w.ch_axis, is_dynamic=False,
                                               observer_or_fake_quant_ctr=PerChannelMinMaxObserver.with_args(eps=1e-12)),

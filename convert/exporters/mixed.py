@@ -117,16 +117,19 @@ class Search:
         return report
 
     def _rank(self, base: Measure, trial: Path) -> list[str]:
+        from ..progress import Bar
         gains = []
         n = len(self.candidates)
         self.skipped = []
-        for i, name in enumerate(self.candidates):
-            try:
-                gains.append((base.proxy - self._try([name], trial).proxy, name))
-            except Exception as exc:  # noqa: BLE001 — the quantizer or runtime rejects this one exclusion
-                self.skipped.append([name, f"{type(exc).__name__}: {str(exc)[-160:]}"])
-            if (i + 1) % 10 == 0 or i + 1 == n:
-                self.log(f"    mixed precision: sensitivity {i + 1}/{n} layers")
+        with Bar("mixed precision: layer sensitivity", n, log=self.log) as bar:
+            for i, name in enumerate(self.candidates):
+                try:
+                    gains.append((base.proxy - self._try([name], trial).proxy, name))
+                except Exception as exc:  # noqa: BLE001 — the quantizer or runtime rejects this one exclusion
+                    self.skipped.append([name, f"{type(exc).__name__}: {str(exc)[-160:]}"])
+                bar.advance()
+                if (i + 1) % 10 == 0 or i + 1 == n:
+                    bar.print(f"    mixed precision: sensitivity {i + 1}/{n} layers")
         gains.sort(key=lambda g: -g[0])
         self.sensitivity = [[name, float(f"{g:.3g}")] for g, name in gains]
         return [name for _, name in gains]

@@ -13,7 +13,8 @@ import numpy as np
 from pocketml.runtime.data import to_layout
 from pocketml.runtime.errors import UnsupportedError, UsageError
 
-from . import ExportResult, method_for
+from . import ExportResult, method_for, observer_for
+from .tflite_graph import fold_same_pads
 from .errors import unsupported
 
 FORMAT = "tflite"
@@ -88,7 +89,7 @@ def _aeq(base: Path, dst: Path, kind: str) -> None:
     result.export_model(str(dst), overwrite=True)
 
 
-def _static_int8(spec, calib, dst: Path) -> int:
+def _static_int8(spec, calib, dst: Path, observer: str) -> int:
     """PT2E static int8 with the CNN recipe of cnn_int8.py. Returns how many leading convs stay float."""
     import torch
 
@@ -106,7 +107,7 @@ def _static_int8(spec, calib, dst: Path) -> int:
             if image else spec.module
         module = litert_torch.to_channel_last_io(source, args=[0]).eval() if image else source
         args = _module_and_args(spec)[1]
-        quantizer = cnn_int8.make_pt2e_quantizer(float_leading)
+        quantizer = cnn_int8.make_pt2e_quantizer(float_leading, observer)
         graph = torch.export.export(module, args).module()
         prepared = prepare_pt2e(graph, quantizer)
         move_exported_model_to_eval(prepared)
@@ -145,11 +146,16 @@ def export(spec, precision: str, out_dir: Path, cache: dict, work: Path, calib=N
            log=print) -> ExportResult:
     dst = out_dir / "model.tflite"
     method = method_for(FORMAT, precision, spec.family)
+    notes = []
     if precision == "int8" and "static" in method:
         if not calib:
             raise UsageError(f"{spec.name}: static int8 needs calibration data (--calib DIR)")
         calib = calib.spread(PT2E_SAMPLES)
-        float_leading = _static_int8(spec, calib, dst)
+        observer = observer_for(FORMAT, (options or {}).get("observer"))
+        float_leading = _static_int8(spec, calib, dst, observer[0])
+        if folded := fold_same_pads(dst, dst):
+            notes.append(f"{folded} asymmetric (TF 'same') pads folded into their convs: "
+                         f"{folded} PAD and {2 * folded} TRANSPOSE ops removed (exporters/tflite_graph.py)")
     else:
         base = _fp32(spec, cache, work)
         if precision == "fp32":
@@ -160,8 +166,9 @@ def export(spec, precision: str, out_dir: Path, cache: dict, work: Path, calib=N
     quant = {"method": method}
     if precision == "int8" and "static" in method:
         quant["calibration"] = {"samples": len(calib), "source": calib.source,
-                                "observer": "histogram activations, per-channel min-max weights (PT2E)",
+                                "observer": ": ".join(observer) + "; weights per-channel min-max",
                                 "bias_correction": float_leading > 0, "float_leading_convs": float_leading}
-    notes = ["input is NHWC (channels last): the phone feeds camera frames without a transpose"] if _channel_last(spec) else []
+    if _channel_last(spec):
+        notes.append("input is NHWC (channels last): the phone feeds camera frames without a transpose")
     return ExportResult("model.tflite", ins, outs, quant, notes,
                         {"litert": {"delegate": "XNNPACK (default CPU)", "num_threads": "profiled value"}})
