@@ -1,6 +1,7 @@
 """One recipe → validated artifacts. model → (export → validate → manifest → publish) per format × precision."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -16,6 +17,7 @@ from pocketml.runtime.atomic import TMP_MARK, ensure_writable_dir, publish, stag
 from pocketml.runtime.errors import EnvironmentMissing, PocketmlError, UnsupportedError, UsageError
 from pocketml.runtime.manifest import FORMATS, PRECISIONS, Manifest, TensorSpec, hash_tree, sha256_file
 from pocketml.runtime.session import BACKENDS
+from pocketml import runtime as runtime_package
 
 from . import exporters
 from .spec import DataSet, ModelSpec
@@ -191,12 +193,24 @@ def validate_artifact(tmp: Path, manifest: Manifest, spec, refs, data, precision
     return validate.validate(session, spec, refs, data, precision)
 
 
+@functools.lru_cache(maxsize=1)
+def code_digest() -> str:
+    """pocketml's own conversion and runtime code: an artifact built by a changed exporter is not reused,
+    even where the version number did not change (a development checkout)."""
+    h = hashlib.sha256()
+    for root in (Path(__file__).resolve().parent, Path(runtime_package.__file__).resolve().parent):
+        for path in sorted(root.rglob("*.py")):
+            h.update(path.relative_to(root).as_posix().encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def artifact_key(spec: ModelSpec, recipe: Recipe, fmt: str, precision: str, calib: DataSet | None,
                  data: DataSet) -> str:
     """Everything that determines an artifact and its validation: reuse a published one when this matches."""
     opts = {k: v for k, v in recipe.options.items() if k != "reuse"}
     h = hashlib.sha256(json.dumps([spec.source.get("sha256"), spec.name, fmt, precision, recipe.task,
-                                   recipe.seq_len, opts, tool_versions()], sort_keys=True).encode())
+                                   recipe.seq_len, opts, tool_versions(), code_digest()], sort_keys=True).encode())
     sets = [data] + ([calib] if calib is not None and precision == "int8" else [])
     for ds in sets:
         for sample in ds.samples:

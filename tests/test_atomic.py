@@ -127,3 +127,14 @@ def test_convert_refuses_to_clobber_a_user_directory(tmp_path):
 def test_write_file_atomic(tmp_path):
     path = atomic.write_file_atomic(tmp_path / "f.json", b"data")
     assert path.read_bytes() == b"data" and [p.name for p in tmp_path.iterdir()] == ["f.json"]
+
+
+def test_a_changed_exporter_is_not_reused(tmp_path, monkeypatch):
+    """The reuse key holds a digest of pocketml's own code: same version, different code → rebuilt."""
+    from pocketml.convert import pipeline
+    out = tmp_path / "out"
+    assert run_cli("convert", "models:tiny_mlp", "--to", "onnx", "-o", out).exit_code == 0
+    monkeypatch.setattr(pipeline, "code_digest", lambda: "0" * 16)
+    again = run_cli("convert", "models:tiny_mlp", "--to", "onnx", "-o", out)
+    assert again.exit_code == 0, again.output
+    assert "reused" not in again.output

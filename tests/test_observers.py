@@ -8,7 +8,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from conftest import CNN, assert_no_partial, run_cli
+from conftest import CNN, assert_no_partial, cnn_samples, run_cli, save_samples
 from pocketml.convert.exporters import OBSERVERS
 
 
@@ -35,15 +35,21 @@ def test_observer_is_used_and_recorded(tmp_path, calib_dir, fmt, observer):
     assert m["validation"]["status"] == "passed"
 
 
-def test_minmax_ranges_cover_percentile_ranges(tmp_path, calib_dir):
-    """Same calibration data: min-max never clips, so each activation scale is ≥ the percentile one."""
+def test_onnx_observers_set_different_ranges(tmp_path):
+    """Calibration data with one outlier sample: min-max never clips, so each activation scale is ≥ the
+    percentile and entropy ones; entropy clips (onnxruntime's own entropy default would equal min-max)."""
+    samples = cnn_samples(32, seed=0)
+    samples[0] = samples[0] * 50
+    calib_dir = save_samples(tmp_path / "calib", samples)
     scales = {}
-    for observer in ("minmax", "percentile"):
+    for observer in ("minmax", "percentile", "entropy"):
         r = convert_cnn(tmp_path / observer, calib_dir, "onnx", observer)
         assert r.exit_code == 0, r.output
         scales[observer] = activation_scales(tmp_path / observer / "onnx-int8" / "model.onnx")
-    assert len(scales["minmax"]) == len(scales["percentile"]) > 0
-    assert np.all(scales["minmax"] >= scales["percentile"] * (1 - 1e-6))
+    assert len(scales["minmax"]) == len(scales["percentile"]) == len(scales["entropy"]) > 0
+    for clipped in ("percentile", "entropy"):
+        assert np.all(scales["minmax"] >= scales[clipped] * (1 - 1e-6))
+    assert np.any(scales["entropy"] < scales["minmax"] * 0.99)
 
 
 def test_percentile_observer_clips_an_outlier_minmax_keeps():
