@@ -77,7 +77,7 @@ def cli(verbose: bool) -> None:
 @click.option("--max-drop", "max_drop", help="ONNX int8: keep the most sensitive layers float until the accuracy "
               "drop on the calibration data is within this budget, e.g. 1% (automatic mixed precision).")
 @click.option("--observer", help="Static int8: how activation ranges are set from the calibration data. "
-              "onnx: percentile (default), minmax, entropy; tflite: histogram (default), minmax, percentile.")
+              "onnx: percentile (default), minmax, entropy; tflite: percentile (default), histogram, minmax.")
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(), help="Output directory.")
 def convert(model, formats, precisions, calib, task, seq_len, trust_remote_code, no_reuse, recipe_file, prune,
             drop_layers, distill, quantize, max_drop, observer, out_dir):

@@ -25,7 +25,7 @@ def activation_scales(model_path) -> np.ndarray:
 
 
 @pytest.mark.parametrize("fmt, observer", [("onnx", "minmax"), ("onnx", "entropy"), ("tflite", "minmax"),
-                                           ("tflite", "percentile")])
+                                           ("tflite", "histogram")])
 def test_observer_is_used_and_recorded(tmp_path, calib_dir, fmt, observer):
     r = convert_cnn(tmp_path / "out", calib_dir, fmt, observer)
     assert r.exit_code == 0, r.output
@@ -68,7 +68,7 @@ def test_percentile_observer_clips_an_outlier_minmax_keeps():
 
 
 @pytest.mark.parametrize("args, text", [
-    (("--to", "tflite", "--precision", "int8", "--observer", "entropy"), "tflite: histogram, minmax, percentile"),
+    (("--to", "tflite", "--precision", "int8", "--observer", "entropy"), "tflite: percentile, histogram, minmax"),
     (("--to", "onnx", "--precision", "int8", "--observer", "kl"), "onnx: percentile, minmax, entropy"),
     (("--to", "onnx", "--precision", "fp16", "--observer", "minmax"), "needs --precision int8"),
     (("--to", "coreml", "--precision", "int8", "--observer", "minmax"), "coreml int8 has no calibrated"),

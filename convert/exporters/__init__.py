@@ -68,9 +68,9 @@ OBSERVERS = {
     "onnx": {"percentile": "range covering 99.999 % of a histogram of the values (onnxruntime Percentile)",
              "minmax": "smallest and largest value seen (onnxruntime MinMax)",
              "entropy": "threshold minimising the KL divergence of a 2048-bin histogram (onnxruntime Entropy)"},
-    "tflite": {"histogram": "range minimising the L2 quantization error over a histogram (PT2E HistogramObserver)",
-               "minmax": "smallest and largest value seen (PT2E MinMaxObserver)",
-               "percentile": "range covering 99.999 % of a histogram of the values (pocketml PercentileObserver)"},
+    "tflite": {"percentile": "range covering 99.999 % of a histogram of the values (pocketml PercentileObserver)",
+               "histogram": "range minimising the L2 quantization error over a histogram (PT2E HistogramObserver)",
+               "minmax": "smallest and largest value seen (PT2E MinMaxObserver)"},
 }
 
 

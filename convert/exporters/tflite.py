@@ -5,6 +5,9 @@ int8 runs PT2E calibration on the torch graph and yields full-int8 IO tensors.
 """
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 import shutil
 from pathlib import Path
 
@@ -54,10 +57,9 @@ def _fp32(spec, cache, work: Path) -> Path:
     return path
 
 
-# PT2E (histogram observers, bias correction in torch) gains nothing from more calibration samples here:
-# EfficientNet-Lite0 top-1 agreement 0.950 with all 304 views, 0.950 with 64 spread over them, 0.959 with
-# the former 56-view set (within calibration-set noise), while ONNX's percentile calibration does gain
-# (0.950 → 0.971). TFLite calibrates on this many samples spread over the set: a third of the time.
+# PT2E gains nothing from more calibration samples here (EfficientNet-Lite0 top-1 agreement, percentile
+# observer: 64 views spread over the 304 → 0.968, 152 → 0.959; histogram observer: 64 → 0.950, 304 →
+# 0.950 — within calibration-set noise), while ONNX's calibration does gain (56 → 0.950, 152 → 0.968).
 PT2E_SAMPLES = 64
 
 # precision -> ai-edge-quantizer recipe (fp16 is built op by op in _aeq)
@@ -81,8 +83,11 @@ def _aeq(base: Path, dst: Path, kind: str) -> None:
                 continue
     else:
         q.load_quantization_recipe(getattr(recipe, AEQ_RECIPES[kind])())
+    # its transformation step opens a tqdm bar with an explicit `enable` (TQDM_DISABLE cannot reach it)
+    mute = contextlib.redirect_stderr(io.StringIO()) if os.environ.get("POCKETML_QUIET") else contextlib.nullcontext()
     try:
-        result = q.quantize(enable_progress_report=False, enable_progress_bar=False)
+        with mute:
+            result = q.quantize(enable_progress_report=False, enable_progress_bar=False)
     except ValueError as exc:     # e.g. a weight whose quantized dimension the int4 blocks do not divide
         raise UnsupportedError(f"tflite {kind}: ai-edge-quantizer {AEQ_RECIPES.get(kind, kind)} refused the "
                                f"model: {exc}") from exc
@@ -102,6 +107,8 @@ def _static_int8(spec, calib, dst: Path, observer: str) -> int:
 
     image = _channel_last(spec)
     float_leading = cnn_int8.FLOAT_LEADING_CONVS if image else 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)    # observer statistics independent of the thread count (demo runs in parallel)
     try:
         source = cnn_int8.torch_prepare(spec.module, [s[0] for s in calib.samples], float_leading) \
             if image else spec.module
@@ -120,6 +127,8 @@ def _static_int8(spec, calib, dst: Path, observer: str) -> int:
                              quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer)).export(str(dst))
     except Exception as exc:
         raise unsupported(exc, FORMAT, spec.name, spec) from exc
+    finally:
+        torch.set_num_threads(threads)
     return float_leading
 
 
