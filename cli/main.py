@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from pocketml.runtime.errors import PocketmlError, UnsupportedError, UsageError
+from pocketml.runtime.manifest import FORMATS
 from pocketml.runtime.versions import CONVERT_PACKAGES, check_versions
 
 from .quiet import quiet
@@ -108,7 +109,7 @@ def convert(model, formats, precisions, calib, task, seq_len, trust_remote_code,
         chosen = _merge_settings(flags, settings)
     except PocketmlError as exc:
         _fail(exc)
-    recipe = Recipe(model=model, formats=chosen.get("formats", ["onnx", "tflite", "coreml"]),
+    recipe = Recipe(model=model, formats=chosen.get("formats", list(FORMATS)),
                     precisions=chosen.get("precisions", ["fp32"]), calib=chosen.get("calib"), task=task,
                     trust_remote_code=trust_remote_code, seq_len=seq_len, options={"reuse": not no_reuse},
                     steps=steps)

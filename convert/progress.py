@@ -17,7 +17,7 @@ class Bar:
     def __init__(self, description: str, total: int, log=print, delay: float | None = None):
         self.description, self.total, self.log = description, total, log
         self.delay = DELAY_S if delay is None else delay
-        self.done, self._progress, self._task = 0, None, None
+        self.done, self._progress, self._task, self._on_terminal = 0, None, None, None
 
     def __enter__(self) -> "Bar":
         self._t0 = time.perf_counter()
@@ -35,10 +35,11 @@ class Bar:
         elif self._progress is not None:
             self._progress.update(self._task, completed=self.done, description=self.description)
 
-    @staticmethod
-    def _terminal() -> bool:
-        import rich
-        return (CONSOLE or rich.get_console()).is_terminal
+    def _terminal(self) -> bool:
+        if self._on_terminal is None:        # asked once per bar: advance() runs once per training batch
+            import rich
+            self._on_terminal = (CONSOLE or rich.get_console()).is_terminal
+        return self._on_terminal
 
     def print(self, message: str) -> None:
         if self._progress is None:

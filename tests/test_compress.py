@@ -396,3 +396,9 @@ def test_long_steps_show_a_progress_bar_on_a_terminal(digits, tmp_path, monkeypa
     assert "━" in screens[True]                                          # the bar itself
     assert "distill epoch 1/2: val top-1 agreement" in screens[True]     # reports print above the bar
     assert screens[False] == "" and "distill epoch 2/2: val top-1 agreement" in logs[False]
+
+
+def test_apply_steps_refuses_export_settings(digits):
+    with pytest.raises(UsageError, match="quantize"):
+        apply_steps(digits_spec(digits, 4), [{"kind": "prune", "channels": 0.5},
+                                             {"kind": "quantize", "precision": ["int8"]}], log=lambda *_: None)

@@ -3,11 +3,14 @@
 `apply_steps(spec, recipe, calib, log)` runs `recipe.steps` in order and returns a NEW ModelSpec whose
 module is the compressed student; the input spec (the original model) is left untouched and stays the
 accuracy reference. Every step's report lands in `spec.source["compression"]` (→ the manifest).
-Quantization and export are not steps: they stay with --precision / --to.
+A recipe's `quantize` / `export` steps are export settings, not compression: the CLI folds them into the
+Recipe's precisions / formats / options (`recipe.take_settings`); apply_steps refuses them.
 """
 from __future__ import annotations
 
-from .recipe import STEP_KINDS, load_recipe, parse_shorthand, parse_step, parse_steps  # noqa: F401
+from pocketml.runtime.errors import UsageError
+
+from .recipe import SETTING_KINDS, STEP_KINDS, load_recipe, parse_shorthand, parse_step, parse_steps  # noqa: F401
 
 
 def make_step(kind: str, cfg):
@@ -21,6 +24,10 @@ def apply_steps(spec, recipe, calib=None, log=print, out_dir=None):
     """Run the recipe's steps; returns the student spec (a copy). `recipe` may also be a list of step dicts."""
     from .report import Context, run_step
     raw = recipe if isinstance(recipe, list) else recipe.steps
+    settings = [s.get("kind") for s in raw if isinstance(s, dict) and s.get("kind") in SETTING_KINDS]
+    if settings:
+        raise UsageError(f"steps {', '.join(settings)} set how the model is exported, not how it is compressed: "
+                         "give them as Recipe precisions / formats / options (recipe.take_settings splits them off)")
     steps = [make_step(k, c) for k, c in parse_steps(raw)]
     ctx = Context.build(spec, calib, out_dir, log)
     log(f"compressing {spec.name}: {', '.join(s.kind for s in steps)}")

@@ -83,40 +83,28 @@ def stack(samples, idx, mask_at: int | None = None):
     return batch
 
 
-def teacher_outputs(teacher, samples, mask_at, batch: int = 64, bar=None) -> list:
-    """The teacher's first output per sample, computed in batches of similar length (fast for text)."""
+def teacher_pass(teacher, samples, mask_at, tokens: bool = False, batch: int = 64, bar=None):
+    """One pass of the teacher in batches of similar length (fast for text): per sample its first output
+    and, with `tokens` (loss "tokens"), the last hidden states of its real tokens ([n_tokens, hidden],
+    fp16 to save memory; the output is then pooled from them, as the teacher's forward does)."""
     import torch
     order = np.arange(len(samples))
     if mask_at is not None:
         order = np.argsort([int(np.asarray(s[mask_at]).sum()) for s in samples], kind="stable")
-    out = [None] * len(samples)
-    with torch.no_grad():
-        for i in range(0, len(order), batch):
-            idx = order[i:i + batch]
-            y = first(teacher(*stack(samples, idx, mask_at))).float()
-            for j, k in enumerate(idx):
-                out[k] = y[j:j + 1]
-            if bar:
-                bar.advance(len(idx))
-    return out
-
-
-def teacher_tokens(teacher, samples, mask_at, batch: int = 64, bar=None) -> tuple[list, list]:
-    """For loss "tokens", in one teacher pass: per sample the output (pooled from the hidden states, as
-    the teacher's forward does) and the last hidden states of its real tokens ([n_tokens, hidden], fp16
-    to save memory)."""
-    import torch
-    order = np.argsort([int(np.asarray(s[mask_at]).sum()) for s in samples], kind="stable")
-    outs, toks = [None] * len(samples), [None] * len(samples)
+    outs, toks = [None] * len(samples), ([None] * len(samples) if tokens else None)
     with torch.no_grad():
         for i in range(0, len(order), batch):
             idx = order[i:i + batch]
             b = stack(samples, idx, mask_at)
-            h = teacher.tokens(*b)
-            y = first(teacher.pool(h, b[mask_at])).float()
+            if tokens:
+                h = teacher.tokens(*b)
+                y = first(teacher.pool(h, b[mask_at])).float()
+            else:
+                y = first(teacher(*b)).float()
             for j, k in enumerate(idx):
                 outs[k] = y[j:j + 1]
-                toks[k] = h[j, :int(b[mask_at][j].sum())].half()
+                if tokens:
+                    toks[k] = h[j, :int(b[mask_at][j].sum())].half()
             if bar:
                 bar.advance(len(idx))
     return outs, toks
@@ -221,10 +209,7 @@ class Distill:
         t_out = t_tok = None
         if not state["done"]:                 # teacher outputs once; a finished run needs none
             with Bar("distill: teacher outputs", len(samples), log=ctx.log) as bar:
-                if kind == "tokens":
-                    t_out, t_tok = teacher_tokens(teacher, samples, mask_at, bar=bar)
-                else:
-                    t_out = teacher_outputs(teacher, samples, mask_at, bar=bar)
+                t_out, t_tok = teacher_pass(teacher, samples, mask_at, tokens=kind == "tokens", bar=bar)
 
         def evaluate():
             model.eval()

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from pocketml.runtime.errors import UsageError
+from pocketml.runtime.manifest import FORMATS
 
 
 @dataclass
@@ -62,7 +63,7 @@ class QuantizeConfig:
 @dataclass
 class ExportConfig:
     """The target formats (same as --to)."""
-    to: list[str] = field(default_factory=lambda: ["onnx", "tflite", "coreml"])
+    to: list[str] = field(default_factory=lambda: list(FORMATS))
 
 
 STEP_KINDS: dict[str, type] = {"prune": PruneConfig, "layer_drop": LayerDropConfig, "distill": DistillConfig}
@@ -202,9 +203,8 @@ def load_recipe(path: str | Path) -> list[dict]:
 def check_order(kinds: list[str], where: str) -> None:
     """quantize / export come after every compression step, at most once each, quantize first."""
     settings = [k for k in kinds if k in SETTING_KINDS]
-    tail = kinds[len(kinds) - len(settings):]
-    if tail != settings or len(set(settings)) != len(settings) or settings not in ([], ["quantize"], ["export"],
-                                                                                     ["quantize", "export"]):
+    if kinds[len(kinds) - len(settings):] != settings or settings not in ([], ["quantize"], ["export"],
+                                                                          ["quantize", "export"]):
         raise UsageError(f"{where}: steps in the order {' → '.join(kinds)}; expected the compression steps "
                          "first, then at most one `quantize` and one `export`, in that order", steps=kinds)
 

@@ -76,8 +76,8 @@ CALIB_SAMPLES = 152
 
 
 def _static_int8(spec, calib, pre: Path, work: Path, observer: str):
-    """QDQ, per-channel int8 weights, uint8 activations, percentile calibration, bias correction,
-    float stem (see cnn_int8.py for why each). Returns (build(float_layers, dst), fixed float layers)."""
+    """QDQ, per-channel int8 weights, uint8 activations ranged by `observer` (ORT_OBSERVERS), bias
+    correction, float stem (see cnn_int8.py for why each). Returns (build(float_layers, dst), fixed float layers)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
