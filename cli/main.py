@@ -170,8 +170,11 @@ FLAG_NAMES = {"formats": "--to", "precisions": "--precision", "calib": "--calib"
 @click.option("--max-drop", help="Override the accuracy-drop target, e.g. 1%.")
 @click.option("--max-size", type=float, help="Override the size target (MB).")
 @click.option("--max-memory", type=float, help="Override the memory target (MB).")
+@click.option("--record", is_flag=True, help="Write the settings and latency measured here into each artifact's "
+              "manifest (runtime_hints.measured); the fastest thread count measured becomes runtime_hints.recommended, "
+              "which pocketml.runtime.load uses by default.")
 @click.option("-o", "--out", "out_dir", type=click.Path(), help="Where to write report.json and report.md.")
-def profile(paths, device, data, threads, warmup, runs, max_latency, max_drop, max_size, max_memory, out_dir):
+def profile(paths, device, data, threads, warmup, runs, max_latency, max_drop, max_size, max_memory, record, out_dir):
     """Measure artifacts (latency percentiles, cold start, memory, size, accuracy) and judge them.
 
     \b
@@ -181,6 +184,7 @@ def profile(paths, device, data, threads, warmup, runs, max_latency, max_drop, m
     Examples:
       pocketml profile out/effnet --device pixel-7 --runs 50
       pocketml profile out/effnet/tflite-int8 --data ./images --max-latency 30ms --max-drop 1%
+      pocketml profile out/effnet/tflite-int8 --threads 2 --record
     """
     from pocketml.profiler import report as rep
     from pocketml.profiler.run import profile as run_profile
@@ -196,6 +200,13 @@ def profile(paths, device, data, threads, warmup, runs, max_latency, max_drop, m
     target = Path(out_dir) if out_dir else (Path(paths[0]) if Path(paths[0]).is_dir() else Path(paths[0]).parent)
     j, m = rep.write(result, target)
     click.echo(f"wrote {j} and {m}")
+    if record:
+        from pocketml.profiler.record import record as record_settings
+        try:
+            written = record_settings(result)
+        except PocketmlError as exc:
+            _fail(exc)
+        click.echo(f"recorded the measured settings in {len(written)} manifest(s)")
     codes = {"PASS": 0, "NOT MEASURED": 0, "FAIL": 6, "UNCERTAIN": 6, "ERROR": 4}
     sys.exit(codes[result["overall"]])
 

@@ -16,7 +16,7 @@ import numpy as np
 from pocketml.runtime.atomic import TMP_MARK, ensure_writable_dir, publish, staging_dir, write_file_atomic
 from pocketml.runtime.errors import EnvironmentMissing, PocketmlError, UnsupportedError, UsageError
 from pocketml.runtime.manifest import FORMATS, PRECISIONS, Manifest, TensorSpec, hash_tree, sha256_file
-from pocketml.runtime.session import BACKENDS
+from pocketml.runtime.session import BACKENDS, DEFAULT_THREADS, SESSION_SETTINGS
 from pocketml import runtime as runtime_package
 
 from . import exporters
@@ -176,7 +176,10 @@ def build_manifest(spec, recipe, fmt, precision, result, validation) -> Manifest
         task=spec.task, metric=spec.metric, preprocessing=pre, quantization=result.quantization,
         labels=None, tokenizer="tokenizer.json" if spec.tokenizer_file else None, source=spec.source,
         recipe=recipe.as_dict(), tools=tool_versions(), validation=validation,
-        runtime_hints={**result.runtime_hints, "notes": result.notes},
+        runtime_hints={"settings": {**SESSION_SETTINGS[fmt], "num_threads": DEFAULT_THREADS},
+                       "settings_basis": "the session settings this artifact was validated with (pocketml.runtime); "
+                                         "`pocketml profile --record` adds the measured thread count",
+                       **result.runtime_hints, "notes": result.notes},
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 
@@ -189,7 +192,7 @@ def validate_artifact(tmp: Path, manifest: Manifest, spec, refs, data, precision
         return {"status": "structural-only", "numeric": "not run: needs macOS (Core ML predictions)",
                 "checked": ["spec loads", "IO names/shapes/dtypes match manifest", "weight precision"],
                 "reference": "torch fp32 (eager)", "data": data.source, "samples": len(data)}
-    session = BACKENDS[manifest.format](tmp, manifest, threads=1)
+    session = BACKENDS[manifest.format](tmp, manifest, threads=DEFAULT_THREADS)
     return validate.validate(session, spec, refs, data, precision)
 
 

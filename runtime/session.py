@@ -191,6 +191,26 @@ class CoremlSession(Session):
 
 BACKENDS = {"onnx": OnnxSession, "tflite": TfliteSession, "coreml": CoremlSession}
 
+# What each session above applies besides the thread count. Every manifest records it
+# (runtime_hints.settings) and `pocketml profile --record` adds the thread count that was measured
+# fastest (runtime_hints.recommended), so an app opens the model the way it was validated and measured.
+SESSION_SETTINGS = {
+    "onnx": {"runtime": "onnxruntime", "execution_provider": "CPUExecutionProvider", "execution_mode": "sequential",
+             "inter_op_num_threads": 1, "graph_optimization_level": "ORT_ENABLE_ALL (onnxruntime's default)"},
+    "tflite": {"runtime": "LiteRT (ai-edge-litert Interpreter)",
+               "delegate": "XNNPACK (LiteRT's default CPU delegate, applied when the interpreter is created)"},
+    "coreml": {"runtime": "Core ML (MLModel)", "compute_units": "ALL (coremltools' default)"},
+}
+DEFAULT_THREADS = 1
+MAX_RECOMMENDED_THREADS = 64     # a manifest is input: a larger "recommendation" is ignored, not obeyed
+
+
+def recommended_threads(manifest: Manifest) -> int:
+    """The thread count `pocketml profile --record` measured fastest, else DEFAULT_THREADS."""
+    n = (manifest.runtime_hints.get("recommended") or {}).get("num_threads")
+    valid = isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= MAX_RECOMMENDED_THREADS
+    return n if valid else DEFAULT_THREADS
+
 
 def resolve_artifact(path: Path) -> Path:
     """An artifact directory, or a model file inside one."""
@@ -204,12 +224,14 @@ def resolve_artifact(path: Path) -> Path:
     raise UsageError(f"{path} is not a pocketml artifact (no manifest.json beside it)")
 
 
-def load(path, threads: int = 1, verify: bool = True) -> Session:
-    """Open an artifact. Checksums are verified first (exit 4 on mismatch)."""
-    if threads < 1:
+def load(path, threads: int | None = None, verify: bool = True) -> Session:
+    """Open an artifact. Checksums are verified first (exit 4 on mismatch). `threads` defaults to the
+    manifest's recommended thread count (`pocketml profile --record`), else 1."""
+    if threads is not None and threads < 1:
         raise UsageError(f"threads must be ≥ 1, got {threads}")
     artifact_dir = resolve_artifact(Path(path))
     manifest = read_manifest(artifact_dir)
+    threads = recommended_threads(manifest) if threads is None else threads
     if verify:
         verify_checksums(artifact_dir, manifest)
     precheck_model_file(contained_file(artifact_dir, manifest.model_file), manifest.format)

@@ -148,3 +148,58 @@ def test_directory_without_artifacts(tmp_path):
     r = run_cli("profile", tmp_path / "empty")
     assert r.exit_code == 2
     assert "no pocketml artifacts" in r.output and "empty" in r.output
+
+
+# ------------------------------------------------------------------ settings in the manifest (--record)
+
+def test_manifest_records_the_session_settings_it_was_validated_with(cnn_out):
+    m = json.loads((cnn_out / "tflite-int8" / "manifest.json").read_text())
+    s = m["runtime_hints"]["settings"]
+    assert s["num_threads"] == 1 and s["delegate"].startswith("XNNPACK") and s["runtime"].startswith("LiteRT")
+    o = json.loads((cnn_out / "onnx-fp32" / "manifest.json").read_text())["runtime_hints"]["settings"]
+    assert o["execution_provider"] == "CPUExecutionProvider" and o["num_threads"] == 1
+    assert "recommended" not in m["runtime_hints"]          # nothing measured yet
+
+
+def test_record_writes_measured_settings_and_the_runtime_uses_them(cnn_out, tmp_path):
+    import shutil
+
+    import pocketml.runtime as rt
+    root = tmp_path / "arts"
+    shutil.copytree(cnn_out / "reference", root / "reference")
+    shutil.copytree(cnn_out / "tflite-fp32", root / "tflite-fp32")
+    model_bytes = (root / "tflite-fp32" / "model.tflite").read_bytes()
+    for threads in ("1", "2"):
+        r = run_cli("profile", root, "--threads", threads, "--runs", "5", "--warmup", "1", "--record", "-o", tmp_path)
+        assert r.exit_code == 0 and "recorded the measured settings in 1 manifest(s)" in r.output, r.output
+    hints = json.loads((root / "tflite-fp32" / "manifest.json").read_text())["runtime_hints"]
+    measured = hints["measured"]
+    assert set(measured) == {"1", "2"}
+    assert [measured[k]["num_threads"] for k in ("1", "2")] == [1, 2]
+    assert all(m["delegate"].startswith("XNNPACK") and m["runs"] == 5 and m["verdict"] == "PASS"
+               and m["latency_ms"]["p50"] > 0 and m["host"].startswith("measured (host: ") for m in measured.values())
+    fastest = min(measured.values(), key=lambda m: m["latency_ms"]["p50"])
+    assert hints["recommended"]["num_threads"] == fastest["num_threads"]
+    assert "(1, 2)" in hints["recommended"]["basis"]
+    assert (root / "tflite-fp32" / "model.tflite").read_bytes() == model_bytes     # model untouched
+    assert rt.load(root / "tflite-fp32").threads == fastest["num_threads"]        # checksums still verify
+    assert rt.load(root / "tflite-fp32", threads=1).threads == 1
+    assert_no_partial(root)
+
+
+def test_recommendation_ignores_other_hosts():
+    from pocketml.profiler.record import recommend
+    entry = lambda n, p50, host: {"num_threads": n, "latency_ms": {"p50": p50}, "host": f"measured (host: {host}, {n} threads)"}  # noqa: E731
+    measured = {"1": entry(1, 9.0, "Pixel 7"), "2": entry(2, 6.0, "AMD EPYC"), "4": entry(4, 5.0, "AMD EPYC")}
+    rec = recommend(measured, "measured (host: Pixel 7, 1 thread)")
+    assert rec["num_threads"] == 1 and rec["basis"].endswith("(1) on host Pixel 7")
+    assert recommend(measured, "measured (host: AMD EPYC, 2 threads)")["num_threads"] == 4
+
+
+@pytest.mark.parametrize("value, threads", [(2, 2), (0, 1), (10**6, 1), ("4", 1), (True, 1), (None, 1)])
+def test_recommended_threads_from_the_manifest_are_checked(value, threads):
+    from pocketml.runtime.manifest import Manifest
+    from pocketml.runtime.session import recommended_threads
+    m = Manifest(name="m", format="tflite", precision="fp32", model_file="model.tflite", inputs=[], outputs=[],
+                 task="generic", metric="max-abs", runtime_hints={"recommended": {"num_threads": value}})
+    assert recommended_threads(m) == threads

@@ -76,7 +76,7 @@ def export(spec, precision: str, out_dir: Path, cache: dict, work: Path, calib=N
     return ExportResult("model.mlpackage", ins, outs,
                         {"method": method_for(FORMAT, precision, spec.family)},
                         ["Core ML numeric check not run: Core ML predictions need macOS"],
-                        {"coreml": {"minimum_deployment_target": MIN_TARGET, "compute_units": "ALL"}})
+                        {"coreml": {"minimum_deployment_target": MIN_TARGET}})
 
 
 MULTIARRAY_DTYPES = {65568: "float32", 65552: "float16", 131104: "int32", 65600: "float64"}

@@ -289,5 +289,4 @@ def export(spec, precision: str, out_dir: Path, cache: dict, work: Path, calib=N
         quant["calibration"] = {"samples": len(calib_used), "source": calib_used.source,
                                 "observer": ": ".join(observer), "bias_correction": True,
                                 "float_layers": float_layers}
-    return ExportResult("model.onnx", ins, outs, quant, notes,
-                        {"onnxruntime": {"providers": ["CPUExecutionProvider"], "graph_optimization": "ORT_ENABLE_ALL"}})
+    return ExportResult("model.onnx", ins, outs, quant, notes)

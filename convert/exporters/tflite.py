@@ -179,5 +179,4 @@ def export(spec, precision: str, out_dir: Path, cache: dict, work: Path, calib=N
                                 "bias_correction": float_leading > 0, "float_leading_convs": float_leading}
     if _channel_last(spec):
         notes.append("input is NHWC (channels last): the phone feeds camera frames without a transpose")
-    return ExportResult("model.tflite", ins, outs, quant, notes,
-                        {"litert": {"delegate": "XNNPACK (default CPU)", "num_threads": "profiled value"}})
+    return ExportResult("model.tflite", ins, outs, quant, notes)

@@ -1,0 +1,55 @@
+"""`pocketml profile --record`: write what was measured into each artifact's manifest.
+
+The manifest travels with the model into the app; the report does not. Each measured artifact gets
+runtime_hints.measured["<threads>"] = the session settings, latency and verdict of this run, and
+runtime_hints.recommended = the fastest thread count measured on this host. `pocketml.runtime.load`
+opens the artifact with the recommended thread count unless told otherwise, and an app reading the
+manifest can do the same. The model files and their checksums are untouched; the manifest is
+replaced atomically.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pocketml.runtime.atomic import write_file_atomic
+from pocketml.runtime.manifest import read_manifest
+from pocketml.runtime.session import SESSION_SETTINGS
+
+
+def record(report: dict) -> list[Path]:
+    """Record every measured row of a `profile` report in its artifact's manifest. Returns the manifests written."""
+    threads = report["settings"]["threads"]
+    written = []
+    for row in report["artifacts"]:
+        if row.get("status") != "measured":
+            continue
+        art = Path(row["artifact"])
+        manifest = read_manifest(art)
+        hints = manifest.runtime_hints
+        measured = hints.setdefault("measured", {})
+        lat = row["latency_ms"]
+        measured[str(threads)] = {
+            **SESSION_SETTINGS[manifest.format], "num_threads": threads,
+            "latency_ms": {k: round(lat[k], 3) for k in ("p50", "p90", "p99")}, "runs": lat["runs"],
+            "host": row["measured"], "verdict": row["verdict"]["result"],
+            "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        hints["recommended"] = recommend(measured, row["measured"])
+        write_file_atomic(art / "manifest.json", manifest.to_json().encode())
+        written.append(art / "manifest.json")
+    return written
+
+
+def recommend(measured: dict, host: str) -> dict:
+    """The fastest p50 among the thread counts measured on the same host as the latest run."""
+    same_host = {k: m for k, m in measured.items() if _host(m["host"]) == _host(host)}
+    best = min(same_host.values(), key=lambda m: m["latency_ms"]["p50"])
+    return {"num_threads": best["num_threads"], "p50_ms": best["latency_ms"]["p50"],
+            "basis": f"fastest p50 of the thread counts measured with `pocketml profile --record` "
+                     f"({', '.join(sorted(same_host, key=int))}) {_host(host)}"}
+
+
+def _host(described: str) -> str:
+    """'measured (host: AMD EPYC, 2 threads)' → 'on host AMD EPYC' (the thread count stripped)."""
+    inner = described.split("(host: ", 1)[-1].rstrip(")")
+    return "on host " + inner.rsplit(", ", 1)[0]
