@@ -152,9 +152,10 @@ def activation_observer(name: str):
     return {"histogram": HistogramObserver, "minmax": MinMaxObserver, "percentile": percentile_observer()}[name]
 
 
-def make_pt2e_quantizer(float_leading=FLOAT_LEADING_CONVS, observer: str = "percentile"):
+def make_pt2e_quantizer(float_leading=FLOAT_LEADING_CONVS, observer: str = "percentile", qat: bool = False):
     import torch
     from torch.fx import Node
+    from torchao.quantization.pt2e.fake_quantize import FakeQuantize
     from torchao.quantization.pt2e.observer import PerChannelMinMaxObserver
     from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, QuantizationSpec
     from litert_torch.quantize import pt2e_quantizer as P
@@ -199,14 +200,17 @@ def make_pt2e_quantizer(float_leading=FLOAT_LEADING_CONVS, observer: str = "perc
                         output_qspec=get_output_act_qspec(cfg), _annotated=True)
             return model
 
+    def ctr(obs):      # quantization-aware training: the same observers, inside a fake quantizer
+        return FakeQuantize.with_args(observer=obs) if qat else obs
+
     cfg = P.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)
     act = dataclasses.replace(cfg.input_activation,
-                              observer_or_fake_quant_ctr=activation_observer(observer).with_args(eps=2**-12))
-    logits = dataclasses.replace(act, observer_or_fake_quant_ctr=activation_observer("minmax").with_args(eps=2**-12))
+                              observer_or_fake_quant_ctr=ctr(activation_observer(observer).with_args(eps=2**-12)))
+    logits = dataclasses.replace(act, observer_or_fake_quant_ctr=ctr(activation_observer("minmax").with_args(eps=2**-12)))
     w = cfg.weight   # default weight observer eps=2**-12 floors 900+ channel scales; bias correction assumes none
     cfg = QuantizationConfig(act, act,
                              QuantizationSpec(dtype=w.dtype, quant_min=w.quant_min, quant_max=w.quant_max,
                                               qscheme=w.qscheme, ch_axis=w.ch_axis, is_dynamic=False,
-                                              observer_or_fake_quant_ctr=PerChannelMinMaxObserver.with_args(eps=1e-12)),
+                                              observer_or_fake_quant_ctr=ctr(PerChannelMinMaxObserver.with_args(eps=1e-12))),
                              cfg.bias, cfg.fixed_qparams, cfg.is_qat, cfg.is_dynamic)
     return Quantizer().set_global(cfg)
