@@ -19,7 +19,7 @@ from pocketml.runtime.session import SESSION_SETTINGS
 
 def record(report: dict) -> list[Path]:
     """Record every measured row of a `profile` report in its artifact's manifest. Returns the manifests written."""
-    threads = report["settings"]["threads"]
+    threads, cpu = report["settings"]["threads"], report["host"]["cpu"]
     written = []
     for row in report["artifacts"]:
         if row.get("status") != "measured":
@@ -27,29 +27,32 @@ def record(report: dict) -> list[Path]:
         art = Path(row["artifact"])
         manifest = read_manifest(art)
         hints = manifest.runtime_hints
-        measured = hints.setdefault("measured", {})
+        old = hints.get("measured")
+        measured = hints["measured"] = {k: m for k, m in old.items() if _entry_ok(m)} if isinstance(old, dict) else {}
         lat = row["latency_ms"]
         measured[str(threads)] = {
             **SESSION_SETTINGS[manifest.format], "num_threads": threads,
             "latency_ms": {k: round(lat[k], 3) for k in ("p50", "p90", "p99")}, "runs": lat["runs"],
-            "host": row["measured"], "verdict": row["verdict"]["result"],
+            "host": row["measured"], "cpu": cpu, "verdict": row["verdict"]["result"],
             "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        hints["recommended"] = recommend(measured, row["measured"])
+        hints["recommended"] = recommend(measured, cpu)
         write_file_atomic(art / "manifest.json", manifest.to_json().encode())
         written.append(art / "manifest.json")
     return written
 
 
-def recommend(measured: dict, host: str) -> dict:
-    """The fastest p50 among the thread counts measured on the same host as the latest run."""
-    same_host = {k: m for k, m in measured.items() if _host(m["host"]) == _host(host)}
+def _entry_ok(m) -> bool:
+    """An earlier recording we can compare with (a manifest is input: anything else is dropped)."""
+    try:
+        return isinstance(m["num_threads"], int) and float(m["latency_ms"]["p50"]) > 0 and isinstance(m["cpu"], str)
+    except (TypeError, KeyError, ValueError):
+        return False
+
+
+def recommend(measured: dict, cpu: str) -> dict:
+    """The fastest p50 among the thread counts measured on the same CPU as the latest run."""
+    same_host = {k: m for k, m in measured.items() if m.get("cpu") == cpu}
     best = min(same_host.values(), key=lambda m: m["latency_ms"]["p50"])
     return {"num_threads": best["num_threads"], "p50_ms": best["latency_ms"]["p50"],
             "basis": f"fastest p50 of the thread counts measured with `pocketml profile --record` "
-                     f"({', '.join(sorted(same_host, key=int))}) {_host(host)}"}
-
-
-def _host(described: str) -> str:
-    """'measured (host: AMD EPYC, 2 threads)' → 'on host AMD EPYC' (the thread count stripped)."""
-    inner = described.split("(host: ", 1)[-1].rstrip(")")
-    return "on host " + inner.rsplit(", ", 1)[0]
+                     f"({', '.join(sorted(same_host, key=int))}) on host {cpu}"}

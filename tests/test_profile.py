@@ -189,11 +189,26 @@ def test_record_writes_measured_settings_and_the_runtime_uses_them(cnn_out, tmp_
 
 def test_recommendation_ignores_other_hosts():
     from pocketml.profiler.record import recommend
-    entry = lambda n, p50, host: {"num_threads": n, "latency_ms": {"p50": p50}, "host": f"measured (host: {host}, {n} threads)"}  # noqa: E731
+    entry = lambda n, p50, cpu: {"num_threads": n, "latency_ms": {"p50": p50}, "cpu": cpu}  # noqa: E731
     measured = {"1": entry(1, 9.0, "Pixel 7"), "2": entry(2, 6.0, "AMD EPYC"), "4": entry(4, 5.0, "AMD EPYC")}
-    rec = recommend(measured, "measured (host: Pixel 7, 1 thread)")
+    rec = recommend(measured, "Pixel 7")
     assert rec["num_threads"] == 1 and rec["basis"].endswith("(1) on host Pixel 7")
-    assert recommend(measured, "measured (host: AMD EPYC, 2 threads)")["num_threads"] == 4
+    assert recommend(measured, "AMD EPYC")["num_threads"] == 4
+
+
+def test_record_drops_malformed_earlier_entries(cnn_out, tmp_path):
+    import shutil
+    root = tmp_path / "arts"
+    shutil.copytree(cnn_out / "reference", root / "reference")
+    shutil.copytree(cnn_out / "onnx-fp32", root / "onnx-fp32")
+    mf = root / "onnx-fp32" / "manifest.json"
+    m = json.loads(mf.read_text())
+    m["runtime_hints"]["measured"] = {"8": {"num_threads": 8, "latency_ms": "fast"}, "3": [1]}
+    mf.write_text(json.dumps(m))
+    r = run_cli("profile", root, "--runs", "3", "--warmup", "0", "--record", "-o", tmp_path)
+    assert r.exit_code == 0, r.output
+    hints = json.loads(mf.read_text())["runtime_hints"]
+    assert set(hints["measured"]) == {"1"} and hints["recommended"]["num_threads"] == 1
 
 
 @pytest.mark.parametrize("value, threads", [(2, 2), (0, 1), (10**6, 1), ("4", 1), (True, 1), (None, 1)])
