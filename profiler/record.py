@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pocketml.runtime.atomic import write_file_atomic
 from pocketml.runtime.manifest import read_manifest
-from pocketml.runtime.session import SESSION_SETTINGS
+from pocketml.runtime.session import SESSION_SETTINGS, valid_thread_count
 
 
 def record(report: dict) -> list[Path]:
@@ -44,15 +44,15 @@ def record(report: dict) -> list[Path]:
 def _entry_ok(m) -> bool:
     """An earlier recording we can compare with (a manifest is input: anything else is dropped)."""
     try:
-        return isinstance(m["num_threads"], int) and float(m["latency_ms"]["p50"]) > 0 and isinstance(m["cpu"], str)
+        return valid_thread_count(m["num_threads"]) and float(m["latency_ms"]["p50"]) > 0 and isinstance(m["cpu"], str)
     except (TypeError, KeyError, ValueError):
         return False
 
 
 def recommend(measured: dict, cpu: str) -> dict:
     """The fastest p50 among the thread counts measured on the same CPU as the latest run."""
-    same_host = {k: m for k, m in measured.items() if m.get("cpu") == cpu}
-    best = min(same_host.values(), key=lambda m: m["latency_ms"]["p50"])
+    same_host = [m for m in measured.values() if m.get("cpu") == cpu]
+    best = min(same_host, key=lambda m: m["latency_ms"]["p50"])
+    counts = ", ".join(str(n) for n in sorted(m["num_threads"] for m in same_host))
     return {"num_threads": best["num_threads"], "p50_ms": best["latency_ms"]["p50"],
-            "basis": f"fastest p50 of the thread counts measured with `pocketml profile --record` "
-                     f"({', '.join(sorted(same_host, key=int))}) on host {cpu}"}
+            "basis": f"fastest p50 of the thread counts measured with `pocketml profile --record` ({counts}) on host {cpu}"}

@@ -205,11 +205,14 @@ DEFAULT_THREADS = 1
 MAX_RECOMMENDED_THREADS = 64     # a manifest is input: a larger "recommendation" is ignored, not obeyed
 
 
+def valid_thread_count(n) -> bool:
+    return isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= MAX_RECOMMENDED_THREADS
+
+
 def recommended_threads(manifest: Manifest) -> int:
     """The thread count `pocketml profile --record` measured fastest, else DEFAULT_THREADS."""
     n = (manifest.runtime_hints.get("recommended") or {}).get("num_threads")
-    valid = isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= MAX_RECOMMENDED_THREADS
-    return n if valid else DEFAULT_THREADS
+    return n if valid_thread_count(n) else DEFAULT_THREADS
 
 
 def resolve_artifact(path: Path) -> Path:
