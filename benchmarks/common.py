@@ -10,7 +10,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 
 def ensure_artifacts(model: str, out: Path):
     """Load the model spec; convert whatever artifacts are missing under `out`."""
-    from pocketml.cli.quiet import quiet
+    from pocketml.runtime.quiet import quiet
     from pocketml.convert import Recipe, run
     from pocketml.convert.sources import load_model
 

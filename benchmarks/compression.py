@@ -25,12 +25,12 @@ PRECISIONS = ["fp32", "int8"]
 
 def stages(minilm_distill: str) -> dict:
     """model -> [(stage name, recipe steps)]; each stage starts from the original model."""
-    from pocketml.convert.compress.recipe import load_recipe, parse_shorthand
+    from pocketml.convert.compress.recipe import as_step, load_recipe, parse_shorthand
     root = Path(__file__).resolve().parents[1]
     minilm = load_recipe(root / "recipes" / "minilm-phone.toml")
     if minilm_distill:
         extra = parse_shorthand("distill", minilm_distill)
-        minilm[-1].update({k: v for k, v in extra.items() if k != "kind"})
+        minilm[-1] = as_step({**minilm[-1].as_dict(), **extra.as_dict()})
     return {
         "efficientnet-lite0": [("original", []),
                                ("prune 30 % + distill (recipes/effnet-prune.toml)",
@@ -59,7 +59,7 @@ def main() -> int:
     ap.add_argument("--minilm-distill", default="", help="extra distill fields, as for --distill")
     args = ap.parse_args()
 
-    from pocketml.cli.quiet import quiet
+    from pocketml.runtime.quiet import quiet
     from pocketml.convert import Recipe, run
     from pocketml.convert.sources import load_model
     from pocketml.profiler.host import describe

@@ -154,7 +154,7 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=1e-5)
     ap.add_argument("--train-photos", default="", help="evaluation photos added to QAT training, e.g. chelsea,clock")
     args = ap.parse_args()
-    from pocketml.cli.quiet import quiet
+    from pocketml.runtime.quiet import quiet
     from pocketml.convert import datasets
     from pocketml.convert.builtins import efficientnet_lite0
     from pocketml.convert.exporters.tflite import PT2E_SAMPLES

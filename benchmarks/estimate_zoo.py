@@ -3,7 +3,7 @@
     python benchmarks/estimate_zoo.py              # convert what is missing (torch + litert-torch), estimate
     python benchmarks/estimate_zoo.py --threads 4 --json /tmp/zoo.json
 
-Each model is rebuilt with random weights (profiler/estimate/zoo.py), converted to TFLite once
+Each model is rebuilt with random weights (convert/calibration_zoo.py), converted to TFLite once
 (cached under /tmp/pocketml-estimate-zoo) and estimated with `pocketml.profiler.estimate.estimate`
 on every profile in profiles/. Its compact cost table goes to profiler/estimate/data/zoo_costs.json.gz
 (so tests/test_estimate_zoo.py checks the same ranking without torch) and to the fit's cost cache.
@@ -41,7 +41,7 @@ def convert_missing(names) -> dict:
     out = {n: TFLITE_DIR / f"{n}.tflite" for n in names}
     missing = [n for n, p in out.items() if not p.exists()]
     if missing:
-        from pocketml.profiler.estimate.zoo import _tflite
+        from pocketml.convert.calibration_zoo import _tflite
         for n in missing:
             print(f"converting {n} ...", flush=True)
             _tflite(n, str(out[n]))
@@ -51,7 +51,7 @@ def convert_missing(names) -> dict:
 def cost_tables(paths: dict) -> dict:
     """Graph cost of each artifact; compact tables saved for the test and the fit's cost cache."""
     from pocketml.profiler.estimate.graph_cost import graph_cost
-    from pocketml.profiler.estimate.zoo import CACHE, compact
+    from pocketml.convert.calibration_zoo import CACHE, compact
     costs = {n: graph_cost(p) for n, p in paths.items()}
     tables = {n: compact(c) for n, c in costs.items()}
     with gzip.open(ZOO_COSTS, "wt", encoding="utf-8") as fh:
@@ -65,7 +65,7 @@ def cost_tables(paths: dict) -> dict:
 def arrays(table: dict, precision: str) -> dict:
     import numpy as np
 
-    from pocketml.profiler.estimate.zoo import int8_of
+    from pocketml.convert.calibration_zoo import int8_of
     t = table if precision == "fp32" else int8_of(table)
     ops = np.array(t["ops"], dtype=float).reshape(-1, 5)
     return {"cat": ops[:, 0].astype(int), "prec": ops[:, 1].astype(int), "macs": ops[:, 2],

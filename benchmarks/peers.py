@@ -22,6 +22,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import MODELS, ensure_artifacts  # noqa: E402
 
+from pocketml.runtime import formats  # noqa: E402
+
 
 def ort_session(path: str):
     import onnxruntime as ort
@@ -33,8 +35,8 @@ def ort_session(path: str):
 
 
 def tflite_session(path: str):
-    from pocketml.runtime.session import _tflite_interpreter, dequantize, quantize
-    it = _tflite_interpreter()(model_path=path, num_threads=1)
+    from pocketml.runtime.session import tflite_interpreter, dequantize, quantize
+    it = tflite_interpreter()(model_path=path, num_threads=1)
     it.allocate_tensors()
     ins, out = sorted(it.get_input_details(), key=lambda d: d["index"]), it.get_output_details()[0]
 
@@ -78,7 +80,7 @@ def peers(spec, sub: Path, tmp: Path) -> dict:
 
     base = str(sub / "onnx-fp32" / "model.onnx")
     out = {"ORT fp32 (torch.onnx export)": (ort_session(base), None, Path(base))}
-    if spec.family == "cnn":
+    if formats.capability("onnx", "int8", spec.kind).static:      # what pocketml's int8 is: static or dynamic
         from pocketml.convert.exporters.onnx import _Reader
         q = str(tmp / "peer-static.onnx")
         quantize_static(base, q, _Reader([i["name"] for i in spec.inputs], spec.calib.samples), per_channel=True)

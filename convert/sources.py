@@ -7,15 +7,18 @@ passes `trust_remote_code=True`, which the manifest and report then record.
 from __future__ import annotations
 
 import importlib
-import json
 import pickle
 import re
 from pathlib import Path
 
 import numpy as np
 
+from pocketml.runtime import families
 from pocketml.runtime.errors import EnvironmentMissing, UnsafeInputError, UsageError
 from pocketml.runtime.manifest import sha256_file
+from pocketml.runtime.parsing import reading
+from pocketml.runtime.prechecks import precheck_safetensors
+from pocketml.runtime.text import load_tokenizer
 
 from . import builtins as builtin_models
 from .spec import ModelSpec
@@ -43,14 +46,24 @@ def load_model(ref: str, task: str | None = None, trust_remote_code: bool = Fals
 
 # ---------------------------------------------------------------------------- Hugging Face
 
+def read_config(cfg_path: Path) -> dict:
+    """config.json as a JSON object; any failure (size, UTF-8, syntax, nesting, not an object) → exit 4."""
+    from pocketml.runtime.manifest import MAX_MANIFEST_BYTES, parse_json
+    with reading(cfg_path, "config.json"), open(cfg_path, "rb") as fh:
+        raw = fh.read(MAX_MANIFEST_BYTES + 1)
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise UnsafeInputError(f"{cfg_path}: larger than {MAX_MANIFEST_BYTES} bytes", file=str(cfg_path))
+    cfg = parse_json(raw, cfg_path)
+    if not isinstance(cfg, dict):
+        raise UnsafeInputError(f"{cfg_path}: not a JSON object", file=str(cfg_path))
+    return cfg
+
+
 def check_remote_code(model_dir: Path, trust_remote_code: bool) -> bool:
     cfg_path = model_dir / "config.json"
     if not cfg_path.is_file():
         raise UsageError(f"{model_dir}: not a Hugging Face model directory (no config.json)")
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UnsafeInputError(f"{cfg_path}: not valid JSON ({exc})") from exc
+    cfg = read_config(cfg_path)
     wants_code = bool(cfg.get("auto_map")) or any(model_dir.glob("*.py"))
     if wants_code and not trust_remote_code:
         raise UnsafeInputError(
@@ -125,8 +138,11 @@ def load_hf_dir(model_dir: Path, task: str, trust_remote_code: bool, seq_len: in
             "image-classification": transformers.AutoModelForImageClassification,
             "text-classification": transformers.AutoModelForSequenceClassification}[task]
     safetensors = weight_files[0].endswith(".safetensors")
-    model = auto.from_pretrained(str(model_dir), local_files_only=True, use_safetensors=safetensors,
-                                 trust_remote_code=trust_remote_code, attn_implementation="eager")
+    for name in weight_files if safetensors else ():
+        precheck_safetensors(model_dir / name)       # our own bounds-checked header walk, before the loader
+    with reading(model_dir, "the Hugging Face model (config.json and weights)"):
+        model = auto.from_pretrained(str(model_dir), local_files_only=True, use_safetensors=safetensors,
+                                     trust_remote_code=trust_remote_code, attn_implementation="eager")
     model.eval()
     tok = model_dir / "tokenizer.json"
     if task == "image-classification":
@@ -134,6 +150,7 @@ def load_hf_dir(model_dir: Path, task: str, trust_remote_code: bool, seq_len: in
                          "use a module:function factory")
     if not tok.is_file():
         raise UsageError(f"{model_dir}: text tasks need tokenizer.json (a fast tokenizer)")
+    load_tokenizer(tok, seq_len)                     # a corrupt tokenizer.json is refused now, not mid-conversion
     pre = {"kind": "text", "tokenizer_file": "tokenizer.json", "max_length": seq_len,
            "inputs": ["input_ids", "attention_mask"]}
     inputs = [{"name": n, "shape": [1, seq_len], "dtype": "int64", "layout": "NS"}
@@ -144,7 +161,7 @@ def load_hf_dir(model_dir: Path, task: str, trust_remote_code: bool, seq_len: in
         pre["postprocessing"] = "mean pooling over attention_mask, then L2 normalisation (inside the graph)"
     return ModelSpec(
         name=model_dir.name, module=_HFWrapper.build(model, task), inputs=inputs, outputs=[out], task=task,
-        metric="top1" if task == "text-classification" else "cosine", family="transformer",
+        metric=families.for_task(task).metric, family=families.for_task(task).name,
         preprocessing=pre, tokenizer_file=tok, hf_dir=model_dir,
         source={"kind": "hf-dir", "id": str(model_dir), "sha256": digest, "weights": weight_files,
                 "trust_remote_code": remote and trust_remote_code,
@@ -152,6 +169,15 @@ def load_hf_dir(model_dir: Path, task: str, trust_remote_code: bool, seq_len: in
 
 
 # ---------------------------------------------------------------------------- factories
+
+def factory_family(module, is_image: bool) -> str:
+    """A factory's model family: an image classifier (one NCHW image, classification task), another
+    network with convolutions (static int8 applies), or a generic tensor model."""
+    import torch
+    if is_image:
+        return "image-classifier"
+    return "conv-net" if any(isinstance(m, torch.nn.Conv2d) for m in module.modules()) else "generic"
+
 
 def load_factory(ref: str, task: str | None) -> ModelSpec:
     """`pkg.module:function` returning (nn.Module, example_inputs) — example inputs a tensor or tuple."""
@@ -187,7 +213,7 @@ def load_factory(ref: str, task: str | None) -> ModelSpec:
     spec = ModelSpec(
         name=fn_name, module=module.eval(), inputs=inputs, outputs=["output_0"],
         task=task or "generic", metric="top1" if task in ("image-classification", "text-classification") else "max-abs",
-        family="cnn" if is_image or any(isinstance(m, torch.nn.Conv2d) for m in module.modules()) else "generic",
+        family=factory_family(module, is_image),
         preprocessing=({"kind": "image", "size": list(example[0].shape[2:]), "normalisation": "none declared "
                         "(feed tensors the factory's model expects)"} if is_image else {"kind": "tensor"}),
         source={"kind": "factory", "id": ref, "sha256": h.hexdigest(), "loads_code": True})

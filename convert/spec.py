@@ -33,7 +33,7 @@ class ModelSpec:
     outputs: list[str]
     task: str                       # image-classification | sentence-embedding | feature-extraction | generic
     metric: str                     # top1 | cosine | max-abs
-    family: str                     # cnn | transformer | generic  → which int8 scheme applies
+    family: str                     # a family of runtime/families.py (image-classifier, text-embedding, …)
     preprocessing: dict = field(default_factory=dict)
     source: dict = field(default_factory=dict)       # {kind, id, sha256, trust_remote_code}
     calib: DataSet | None = None
@@ -55,6 +55,12 @@ class ModelSpec:
         import torch
         # np.array(copy) gives standard strides: a[None] keeps a zero stride that some converters reject
         return tuple(torch.from_numpy(np.array(x, order="C", copy=True)) for x in self.example())
+
+    @property
+    def kind(self) -> str:
+        """The family's capability column in the format registry (cnn | transformer | generic)."""
+        from pocketml.runtime.families import family
+        return family(self.family).kind
 
     @property
     def is_image(self) -> bool:

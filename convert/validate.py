@@ -5,32 +5,9 @@ the user's accuracy budget is judged later by the profiler.
 """
 from __future__ import annotations
 
-from pocketml.profiler.metrics import compare
 from pocketml.runtime.errors import ValidationFailed
-
-# metric -> precision -> {stat: (op, bound)}
-TOLERANCES = {
-    "top1": {"fp32": {"cosine_min": (">=", 0.9999), "top1_agreement": (">=", 1.0)},
-             "fp16": {"cosine_min": (">=", 0.999), "top1_agreement": (">=", 0.95)},
-             "int8": {"cosine_mean": (">=", 0.90), "top1_agreement": (">=", 0.75)},
-             "int8w": {"cosine_min": (">=", 0.99), "top1_agreement": (">=", 0.90)},
-             "int4": {"cosine_mean": (">=", 0.80), "top1_agreement": (">=", 0.50)}},
-    "cosine": {"fp32": {"cosine_min": (">=", 0.9999)},
-               "fp16": {"cosine_min": (">=", 0.999)},
-               "int8": {"cosine_min": (">=", 0.85), "cosine_mean": (">=", 0.93)},
-               "int8w": {"cosine_min": (">=", 0.99)},
-               "int4": {"cosine_min": (">=", 0.75), "cosine_mean": (">=", 0.85)}},
-    "max-abs": {"fp32": {"cosine_min": (">=", 0.9999)},
-                "fp16": {"cosine_min": (">=", 0.999)},
-                "int8": {"cosine_min": (">=", 0.95)},
-                "int8w": {"cosine_min": (">=", 0.99)},
-                "int4": {"cosine_min": (">=", 0.85)}},
-}
-ALWAYS = {"nan_count": ("<=", 0), "collapsed": ("==", False)}
-
-
-def tolerance(metric: str, precision: str) -> dict:
-    return {**ALWAYS, **TOLERANCES[metric][precision]}
+from pocketml.runtime.families import tolerance   # tolerances are data: per metric and precision
+from pocketml.runtime.metrics import compare
 
 
 def check(stats: dict, tol: dict) -> list[str]:

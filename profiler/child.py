@@ -5,6 +5,10 @@ enforces a timeout, caps the address space (`memory_mb` → RLIMIT_AS, applied b
 before it imports a runtime or opens the artifact; core dumps off), and makes peak-RSS attributable
 to this one session. Prints one JSON line.
 
+Modes: an artifact directory; a bare model file (`bare`: manifest synthesized from the graph after the
+pre-checks, random inputs unless `inputs_npz`); `graph_cost` adds the estimator's cost table of the
+graph, and `cost_only` computes just that — so the estimator's parsers run in here, not in the parent.
+
 Test hook: POCKETML_TEST_CHILD_FAULT=segv|abort|hang|oom|exit[:ARTIFACT_DIR_NAME] makes the child fail
 that way before loading anything — honoured only while PYTEST_CURRENT_TEST is also set (pytest sets it).
 """
@@ -101,26 +105,25 @@ def load_samples(inputs_npz: str, names: list[str]) -> list:
 def profile(args: dict) -> dict:
     import numpy as np
 
-    from pocketml.profiler.metrics import compare
+    from pocketml.runtime.metrics import compare
+    from pocketml.runtime import formats
     from pocketml.runtime import session as rt
     from pocketml.runtime.data import to_layout
-    from pocketml.runtime.manifest import read_manifest, verify_checksums, verify_files
+    from pocketml.runtime.manifest import verify_files
 
-    art = rt.resolve_artifact(args["artifact"])
-    manifest = read_manifest(art)
-    t = time.perf_counter()
-    verify_checksums(art, manifest)
-    verify_ms = (time.perf_counter() - t) * 1e3
+    art, manifest, verify_ms = open_artifact(args)
     if args.get("reference_dir"):      # the reference set is input too: verified like an artifact
         verify_reference(args["reference_dir"], verify_files)
-    {"onnx": lambda: __import__("onnxruntime"), "tflite": rt._tflite_interpreter}.get(manifest.format, lambda: 0)()
+    formats.get(manifest.format).warm_runtime()
     layouts = args.get("layouts") or [None] * len(manifest.inputs)
-    names = [s["name"] for s in args["canonical_inputs"]]
-    samples = load_samples(args["inputs_npz"], names)      # before the baseline: data is not the session's
+    samples = timing_samples(args, manifest)               # before the baseline: data is not the session's
     _reset_peak()
     rss0 = _rss_kb()
     t = time.perf_counter()
-    sess = rt.load(art, threads=args["threads"], verify=False)
+    if args.get("bare"):               # pre-checked by open_artifact; nothing to verify
+        sess = formats.get(manifest.format).session()(art.parent, manifest, args["threads"])
+    else:
+        sess = rt.load(art, threads=args["threads"], verify=False)
     load_ms = (time.perf_counter() - t) * 1e3
     feeds = lambda s: [to_layout(x, lay, spec.layout) for x, lay, spec in zip(s, layouts, manifest.inputs)]  # noqa: E731
 
@@ -151,7 +154,51 @@ def profile(args: dict) -> dict:
             ref = z[z.files[0]]
         result["accuracy"] = compare([ref[i:i + 1] for i in range(ref.shape[0])],
                                      [o[out_name] for o in outputs], args["metric"])
+    if args.get("graph_cost"):         # the estimator's graph reading, here in the sandbox too
+        result.update(graph_cost_or_error(args))
     return result
+
+
+def open_artifact(args: dict):
+    """(artifact directory or bare file, manifest, ms spent verifying). An artifact's manifest with every
+    checksum verified; a bare file's synthesized from its graph after the gate (nothing to verify)."""
+    from pathlib import Path
+
+    from pocketml.runtime.manifest import read_manifest, verify_checksums
+    from pocketml.runtime.model_file import bare_manifest
+    from pocketml.runtime.session import resolve_artifact
+
+    if args.get("bare"):
+        path = Path(args["artifact"])
+        return path, bare_manifest(path), 0.0
+    art = resolve_artifact(args["artifact"])
+    manifest = read_manifest(art)
+    t = time.perf_counter()
+    verify_checksums(art, manifest)
+    return art, manifest, (time.perf_counter() - t) * 1e3
+
+
+def timing_samples(args: dict, manifest) -> list:
+    """The inputs: the given set (canonical inputs, npz), else one random sample (model_file.RANDOM_INPUTS)."""
+    from pocketml.runtime.model_file import random_inputs
+    if args.get("inputs_npz"):
+        return load_samples(args["inputs_npz"], [s["name"] for s in args["canonical_inputs"]])
+    return [random_inputs(manifest.inputs)]
+
+
+def graph_cost_only(args: dict) -> dict:
+    """The estimator's cost table of the artifact (through its gate), as data for the parent."""
+    from pocketml.profiler.estimate.graph_cost import graph_cost
+    return {"graph_cost": graph_cost(args["artifact"]).to_dict()}
+
+
+def graph_cost_or_error(args: dict) -> dict:
+    """After a measurement: the cost table, or why there is none (the measurement stands either way)."""
+    from pocketml.runtime.errors import PocketmlError
+    try:
+        return graph_cost_only(args)
+    except PocketmlError as exc:
+        return {"graph_cost_error": exc.as_dict()}
 
 
 def verify_reference(ref_dir: str, verify_files) -> None:
@@ -174,7 +221,7 @@ def main() -> int:
     from pocketml.runtime.errors import PocketmlError
     try:
         test_fault(args["artifact"])
-        res = {"ok": True, **profile(args)}
+        res = {"ok": True, **(graph_cost_only(args) if args.get("cost_only") else profile(args))}
     except PocketmlError as exc:
         res = {"ok": False, "error": exc.as_dict()}
     except MemoryError:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from pocketml.runtime.atomic import write_file_atomic
 from pocketml.runtime.manifest import read_manifest
-from pocketml.runtime.session import SESSION_SETTINGS, valid_thread_count
+from pocketml.runtime import formats
+from pocketml.runtime.session import valid_thread_count
 
 
 def record(report: dict) -> list[Path]:
@@ -22,7 +23,7 @@ def record(report: dict) -> list[Path]:
     threads, cpu = report["settings"]["threads"], report["host"]["cpu"]
     written = []
     for row in report["artifacts"]:
-        if row.get("status") != "measured":
+        if row.get("status") != "measured" or row.get("manifest"):    # a bare file has no manifest to record in
             continue
         art = Path(row["artifact"])
         manifest = read_manifest(art)
@@ -31,7 +32,7 @@ def record(report: dict) -> list[Path]:
         measured = hints["measured"] = {k: m for k, m in old.items() if _entry_ok(m)} if isinstance(old, dict) else {}
         lat = row["latency_ms"]
         measured[str(threads)] = {
-            **SESSION_SETTINGS[manifest.format], "num_threads": threads,
+            **formats.get(manifest.format).settings, "num_threads": threads,
             "latency_ms": {k: round(lat[k], 3) for k in ("p50", "p90", "p99")}, "runs": lat["runs"],
             "host": row["measured"], "cpu": cpu, "verdict": row["verdict"]["result"],
             "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}

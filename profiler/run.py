@@ -7,10 +7,12 @@ import signal
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from pocketml.runtime import formats
 from pocketml.runtime.errors import EnvironmentMissing, UsageError
 from pocketml.runtime.manifest import Manifest, read_manifest
 
@@ -21,37 +23,53 @@ CHILD_TIMEOUT_S = 600
 
 
 def discover(paths: list[Path]) -> list[tuple[Path, bool]]:
-    """(artifact_dir, named_explicitly). A directory of artifacts expands to its children."""
+    """(artifact_dir, named_explicitly). A directory of artifacts expands to its children. A bare model
+    file (no manifest: `runtime.model_file`) is itself the entry; its path is checked here, first."""
+    from pocketml.runtime.model_file import artifact_dir_of, bare_format, check_bare_path, not_a_model
     from pocketml.runtime.session import resolve_artifact
     found = []
     for p in map(Path, paths):
-        if p.is_dir() and not (p / "manifest.json").exists():
+        if bare_format(p) is not None:
+            check_bare_path(p)             # a symlink or special file: refused before anything runs
+            found.append((p, True))
+        elif p.is_dir() and not (p / "manifest.json").exists():
             kids = sorted((k for k in p.iterdir() if k.is_dir() and not k.name.startswith(".")
-                           and (k / "manifest.json").exists() and k.name != "reference"), key=_order)
+                           and (k / formats.MANIFEST_FILE).exists() and k.name != formats.REFERENCE_DIR),
+                          key=lambda k: formats.artifact_order(k.name))
             if not kids:
                 raise UsageError(f"{p}: no pocketml artifacts in it (no */manifest.json)")
             found += [(k, False) for k in kids]
+        elif artifact_dir_of(p) is None:
+            raise not_a_model(p)
         else:
             found.append((resolve_artifact(p), True))
     return found
 
 
-def _order(path: Path) -> tuple:
-    fmt, _, prec = path.name.partition("-")
-    rank = {"onnx": 0, "tflite": 1, "coreml": 2, "fp32": 0, "fp16": 1, "int8": 2}
-    return rank.get(fmt, 9), rank.get(prec, 9), path.name
-
-
 def reference_for(art: Path) -> Path | None:
-    ref = art.parent / "reference"
+    ref = art.parent / formats.REFERENCE_DIR
     return ref if (ref / "manifest.json").is_file() else None
 
 
-def prepare_user_data(data_dir: Path, manifest: Manifest, art: Path, tmp: Path) -> tuple[Path, str, list[dict]]:
-    """Preprocess the user's data once per model into canonical inputs (npz)."""
-    from pocketml.runtime.data import load_data_dir
+def reference_meta(ref: Path) -> dict:
+    """reference/manifest.json through the path validator, its fields type-checked (exit 4 when not)."""
+    from pocketml.runtime.errors import UnsafeInputError
+    from pocketml.runtime.manifest import MAX_MANIFEST_BYTES, TensorSpec, parse_json
+    from pocketml.runtime.paths import open_contained
+    where = f"{ref}/manifest.json"
+    with open_contained(ref, "manifest.json") as fh:
+        meta = parse_json(fh.read(MAX_MANIFEST_BYTES + 1), where)
+    if not (isinstance(meta, dict) and isinstance(meta.get("inputs"), list)
+            and all(isinstance(meta.get(k), str) for k in ("reference", "data"))):
+        raise UnsafeInputError(f"{where}: not a reference-set manifest (needs inputs, reference, data)")
+    for i, t in enumerate(meta["inputs"]):
+        TensorSpec.from_dict(t, f"{where}: inputs[{i}]")
+    return meta
 
-    ref_meta = json.loads((reference_for(art) / "manifest.json").read_text()) if reference_for(art) else None
+
+def prepare_user_data(data_dir: Path, manifest: Manifest, art: Path, tmp: Path) -> tuple[Path, str, list[dict], int]:
+    """Preprocess the user's data once per model into canonical inputs (npz)."""
+    ref_meta = reference_meta(reference_for(art)) if reference_for(art) else None
     canonical = ref_meta["inputs"] if ref_meta else [
         {"name": t.name, "shape": t.shape, "dtype": t.dtype, "layout": t.layout} for t in manifest.inputs]
     pre = dict(manifest.preprocessing)
@@ -60,10 +78,17 @@ def prepare_user_data(data_dir: Path, manifest: Manifest, art: Path, tmp: Path) 
         from pocketml.runtime.paths import contained_file
         verify_checksums(art, manifest)    # the tokenizer is read here, in this process
         pre["tokenizer_file"] = str(contained_file(art, manifest.tokenizer))
+    path, source, n = save_user_data(Path(data_dir), canonical, pre, tmp / f"data-{manifest.name}.npz")
+    return path, source, canonical, n
+
+
+def save_user_data(data_dir: Path, canonical: list[dict], pre: dict, path: Path) -> tuple[Path, str, int]:
+    """The user's samples, checked against the canonical inputs and preprocessed, saved as one npz:
+    (path, "user data DIR (N samples)", N)."""
+    from pocketml.runtime.data import load_data_dir
     samples = load_data_dir(Path(data_dir), canonical, pre)
-    path = tmp / f"data-{manifest.name}.npz"
     np.savez(path, **{c["name"]: np.concatenate([s[k] for s in samples]) for k, c in enumerate(canonical)})
-    return path, f"user data {data_dir} ({len(samples)} samples)", canonical
+    return path, f"user data {data_dir} ({len(samples)} samples)", len(samples)
 
 
 CHILD_MEMORY_ENV = "POCKETML_CHILD_MEMORY_MB"
@@ -149,26 +174,46 @@ def _kill_group(proc: subprocess.Popen) -> None:
         pass
 
 
+@dataclass
+class RunSettings:
+    """What every artifact of one `profile` run is measured with."""
+    threads: int
+    warmup: int
+    runs: int
+    timeout: float
+    tmp: Path
+    data: str | None = None
+    reference: str | None = None          # the user's reference outputs for --data (.npz / .npy)
+    graph_cost: bool = False              # the child also reads the graph for the estimator (--device)
+    user_refs: dict = field(default_factory=dict)
+
+
 def profile(paths, device: str | None = None, data: str | None = None, threads: int = 1, warmup: int = 10,
-            runs: int = 50, overrides: dict | None = None, timeout: float = CHILD_TIMEOUT_S) -> dict:
+            runs: int = 50, overrides: dict | None = None, timeout: float = CHILD_TIMEOUT_S,
+            reference: str | None = None) -> dict:
+    from pocketml.runtime.model_file import bare_format
+
+    from .bare import profile_bare
     if runs < 2 or warmup < 0 or threads < 1:
         raise UsageError("--runs must be ≥ 2, --warmup ≥ 0, --threads ≥ 1")
+    if reference and not data:
+        raise UsageError("--reference needs --data: the inputs its outputs belong to")
     prof = devices.load(device) if device else None
     targets = verdict.targets(prof, overrides or {})
     timeout = child_timeout(timeout)
     child_memory_mb()                      # a bad $POCKETML_CHILD_MEMORY_MB is a usage error up front
     rows = []
     with tempfile.TemporaryDirectory(prefix="pocketml-profile-") as tmpdir:
-        tmp = Path(tmpdir)
-        user_refs: dict[str, tuple] = {}
+        s = RunSettings(threads, warmup, runs, timeout, Path(tmpdir), data, reference, graph_cost=bool(prof))
         for art, explicit in discover(paths):
-            rows.append(profile_one(art, explicit, data, threads, warmup, runs, timeout, tmp, user_refs))
+            rows.append(profile_bare(art, s) if bare_format(art) else profile_one(art, explicit, s))
     for row in rows:
-        if prof:
-            add_estimate(row, prof, threads)
+        if prof and row.get("status") != "error":     # a refused artifact gets no estimate
+            add_estimate(row, prof, threads, timeout)
         row["verdict"] = verdict.judge(row, targets, prof)
     return {"schema": REPORT_SCHEMA, "host": host.info(), "device": device_block(prof),
-            "settings": {"threads": threads, "warmup": warmup, "runs": runs, "data": data},
+            "settings": {"threads": threads, "warmup": warmup, "runs": runs, "data": data,
+                         **({"reference": reference} if reference else {})},
             "targets": targets, "artifacts": rows, "overall": verdict.overall(rows)}
 
 
@@ -183,69 +228,108 @@ def device_block(prof) -> dict | None:
                              "Host measurements are shown beside it and are not phone numbers"}
 
 
-def add_estimate(row: dict, prof: dict, threads: int) -> None:
+def add_estimate(row: dict, prof: dict, threads: int, timeout: float = CHILD_TIMEOUT_S) -> None:
+    """The phone-class estimate from the graph cost the measuring child read, or (nothing ran: Core ML
+    off macOS) from a cost-only child; this process never parses the model's bytes."""
     from pocketml.runtime.errors import PocketmlError
 
     from .estimate import estimate
+    from .estimate.graph_cost import GraphCost
+    cost, cost_error = row.pop("graph_cost", None), row.pop("graph_cost_error", None)
     try:
-        row["estimate"] = estimate(row["artifact"], prof, threads)
+        if cost_error:
+            raise error_from(cost_error)
+        cost = GraphCost.from_dict(cost) if cost else graph_cost_in_child(row["artifact"], timeout)
+        row["estimate"] = estimate(row["artifact"], prof, threads, cost=cost)
     except PocketmlError as exc:
-        row["estimate"] = {"error": str(exc)}
+        if exc.exit_code == 4 and row.get("status") == "not measured":   # nothing else read it: refused
+            row.update(status="error", error=exc.as_dict())
+        else:
+            row["estimate"] = {"error": str(exc)}
         return
     if row.get("status") == "measured":       # second opinion: this host's measurement, scaled
         from .estimate.emulate import emulate
         row["emulated"] = emulate(row["latency_ms"]["p50"], row["estimate"], prof, threads)
 
 
-def profile_one(art, explicit, data, threads, warmup, runs, timeout, tmp, user_refs) -> dict:
+def graph_cost_in_child(artifact, timeout: float = CHILD_TIMEOUT_S):
+    """The estimator's GraphCost of an artifact or bare model file, read in a sandboxed child (through the
+    model gate there); the child's refusal is raised here as the same kind of error."""
+    from .estimate.graph_cost import GraphCost
+    res = run_child({"artifact": str(artifact), "cost_only": True}, child_timeout(timeout), child_memory_mb())
+    if not res.get("ok"):
+        raise error_from(res["error"])
+    return GraphCost.from_dict(res["graph_cost"])
+
+
+def error_from(err: dict):
+    """A child's error dict as the PocketmlError of its exit code (unsafe input when unknown)."""
+    from pocketml.runtime import errors
+    kinds = {cls.exit_code: cls for cls in (errors.UsageError, errors.UnsupportedError, errors.UnsafeInputError,
+                                            errors.EnvironmentMissing)}
+    return kinds.get(err.get("exit_code"), errors.UnsafeInputError)(err.get("message", "profiling child failed"))
+
+
+def measure(row: dict, args: dict, s: RunSettings) -> dict:
+    """Run the child on `args`: the row becomes measured, or that artifact's error."""
+    res = run_child({**args, "graph_cost": s.graph_cost}, s.timeout, child_memory_mb(int(row["size_mb"] * 1e6)))
+    if not res.get("ok"):
+        row.update(status="error", error=res["error"])
+        return row
+    res.pop("ok")
+    row.update(status="measured", measured=host.describe(s.threads), **res)
+    return row
+
+
+def profile_one(art, explicit, s: RunSettings) -> dict:
     manifest = read_manifest(art)
     row = {"artifact": str(art), "name": manifest.name, "format": manifest.format, "precision": manifest.precision,
            "quantization": manifest.quantization.get("method"), "size_mb": artifact_size_mb(art, manifest),
            "metric": manifest.metric, "validation": manifest.validation.get("status")}
-    if manifest.format == "coreml" and sys.platform != "darwin":
+    if (why := formats.get(manifest.format).host_support()) is not None:
         if explicit:
-            raise EnvironmentMissing(f"{art}: Core ML artifacts can only be profiled on macOS/iOS "
-                                     "(the Core ML runtime is part of Apple's OS)", needs="macOS")
+            raise EnvironmentMissing(f"{art}: cannot be profiled here: {why}", needs=formats.get(manifest.format).needs_os)
         row["status"] = "not measured"
-        row["reason"] = "Core ML runs only on macOS/iOS; measured nothing on this Linux host"
+        row["reason"] = f"{why}; measured nothing on this host"
         return row
     ref = reference_for(art)
-    args = {"artifact": str(art), "threads": threads, "warmup": warmup, "runs": runs, "metric": manifest.metric}
-    if data:
+    args = {"artifact": str(art), "threads": s.threads, "warmup": s.warmup, "runs": s.runs, "metric": manifest.metric}
+    if s.data:
         key = str(art.parent)
-        if key not in user_refs:
-            user_refs[key] = user_reference(art, manifest, data, tmp, threads, timeout)
-        inputs_npz, ref_npz, source, canonical = user_refs[key]
+        if key not in s.user_refs:
+            s.user_refs[key] = user_reference(art, manifest, s)
+        inputs_npz, ref_npz, source, canonical = s.user_refs[key]
         args.update(inputs_npz=str(inputs_npz), reference_npz=str(ref_npz) if ref_npz else None,
                     canonical_inputs=canonical, layouts=[c.get("layout") for c in canonical])
-        row["accuracy_reference"] = (f"onnx-fp32 artifact (validated against torch fp32) on {source}"
-                                     if ref_npz else "none: no onnx-fp32 artifact beside it")
+        stand_in = formats.fp32_reference_artifact()
+        row["accuracy_reference"] = (f"your reference outputs {s.reference} on {source}" if s.reference else
+                                     f"{stand_in} artifact (validated against torch fp32) on {source}"
+                                     if ref_npz else f"none: no {stand_in} artifact beside it")
     elif ref:
-        meta = json.loads((ref / "manifest.json").read_text())
+        meta = reference_meta(ref)
         args.update(inputs_npz=str(ref / "inputs.npz"), reference_npz=str(ref / "outputs.npz"),
                     reference_dir=str(ref),
                     canonical_inputs=meta["inputs"], layouts=[c.get("layout") for c in meta["inputs"]])
         row["accuracy_reference"] = f"{meta['reference']} on {meta['data']}"
     else:
         raise UsageError(f"{art}: no reference/ data beside it; pass --data DIR to profile on your own inputs")
-    res = run_child(args, timeout, child_memory_mb(int(row["size_mb"] * 1e6)))
-    if not res.get("ok"):
-        row.update(status="error", error=res["error"])
-        return row
-    res.pop("ok")
-    row.update(status="measured", measured=host.describe(threads), **res)
-    return row
+    return measure(row, args, s)
 
 
-def user_reference(art, manifest, data, tmp, threads, timeout):
-    inputs_npz, source, canonical = prepare_user_data(Path(data), manifest, art, tmp)
-    ref_art = art.parent / "onnx-fp32"
+def user_reference(art, manifest, s: RunSettings):
+    """(inputs npz, reference outputs npz or None, source, canonical inputs) for --data: the reference is
+    --reference when given, else the outputs of the onnx-fp32 artifact beside it on the same inputs."""
+    from .bare import reference_outputs
+    inputs_npz, source, canonical, n = prepare_user_data(Path(s.data), manifest, art, s.tmp)
+    if s.reference:
+        return inputs_npz, reference_outputs(s.reference, manifest.outputs[0].name, n, s.tmp), source, canonical
+    ref_art = art.parent / formats.fp32_reference_artifact()
     ref_npz = None
     if (ref_art / "manifest.json").is_file():
-        ref_npz = tmp / f"ref-{manifest.name}.npz"
-        res = run_child({"artifact": str(ref_art), "threads": threads, "warmup": 0, "runs": 2,
+        ref_npz = s.tmp / f"ref-{manifest.name}.npz"
+        res = run_child({"artifact": str(ref_art), "threads": s.threads, "warmup": 0, "runs": 2,
                          "metric": manifest.metric, "inputs_npz": str(inputs_npz), "canonical_inputs": canonical,
-                         "layouts": [c.get("layout") for c in canonical], "save_outputs": str(ref_npz)}, timeout,
+                         "layouts": [c.get("layout") for c in canonical], "save_outputs": str(ref_npz)}, s.timeout,
                         child_memory_mb())
         if not res.get("ok"):
             ref_npz = None

@@ -1,7 +1,7 @@
 """Targets → PASS / FAIL per artifact. Targets come from the device profile, then CLI overrides."""
 from __future__ import annotations
 
-from .metrics import DROP_DEFINITION, accuracy_drop
+from pocketml.runtime.metrics import DROP_DEFINITION, accuracy_drop
 
 DEFAULTS = {"p90_latency_ms": 100.0, "max_accuracy_drop": 0.01, "max_size_mb": None, "max_memory_mb": None}
 
@@ -51,6 +51,21 @@ def _band_check(name: str, est: dict, limit: float) -> dict:
 
 def _check(name, value, limit, basis) -> dict:
     return {"name": name, "value": value, "limit": limit, "pass": bool(value <= limit), "basis": basis}
+
+
+# The report's overall verdict → the command's exit code (docs/EXIT_CODES.md).
+EXIT_CODES = {"PASS": 0, "NOT MEASURED": 0, "FAIL": 6, "UNCERTAIN": 6, "ERROR": 4}
+
+
+def exit_code(result: str) -> int:
+    return EXIT_CODES[result]
+
+
+def band_result(est: dict, limit: float) -> str:
+    """PASS / FAIL / UNCERTAIN of an estimate band against a latency budget (the rule of `_band_check`)."""
+    if not est.get("runs_on_device", True):
+        return "N/A: no runtime for this format"
+    return RESULT[RANK[_band_check("latency", est, limit)["pass"]]]
 
 
 def overall(rows: list[dict]) -> str:

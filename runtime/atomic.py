@@ -22,10 +22,12 @@ import os
 import secrets
 import shutil
 import signal
+import stat
 import threading
 from pathlib import Path
 
-from .errors import EnvironmentMissing, UsageError
+from .errors import EnvironmentMissing, UnsafeInputError, UsageError
+from .paths import output_dir
 
 TMP_MARK = ".tmp-"
 DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
@@ -95,8 +97,10 @@ def clean_stale(parent: Path) -> list[Path]:
     return removed
 
 
-def ensure_writable_dir(path: Path) -> Path:
-    """Create `path` (and parents). Exit 7 when the disk or permissions refuse."""
+def ensure_writable_dir(path: Path, allow_symlinks: bool = False) -> Path:
+    """Create `path` (and parents) after `paths.output_dir` checked it (a symlink on the way: exit 4,
+    nothing created). Exit 7 when the disk or permissions refuse. Returns the path to write to."""
+    path = output_dir(path, allow_symlinks)
     probe = path / f".write-probe{TMP_MARK}{os.getpid()}-{secrets.token_hex(3)}"
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -141,6 +145,7 @@ def publish(tmp: Path, final: Path, replace: bool = True) -> Path:
     final = Path(final)
     if final.is_symlink():
         raise UsageError(f"refusing to publish over a symlink: {final}")
+    normalise_modes(tmp)
     try:
         if final.exists():
             if not replace:
@@ -167,6 +172,53 @@ def publish(tmp: Path, final: Path, replace: bool = True) -> Path:
             raise _disk_failure(final, exc) from exc
         raise
     return final
+
+
+FILE_MODE, DIR_MODE = 0o644, 0o755
+
+
+def open_lock(path: Path):
+    """Open (create) a lock file in an output directory without following a planted symlink and
+    without blocking on a planted FIFO. Returns a text file object to `flock`."""
+    path = Path(path)
+    flags = (os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
+             | getattr(os, "O_CLOEXEC", 0))
+    try:
+        fd = os.open(path, flags, FILE_MODE)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO):
+            raise UnsafeInputError(f"{path}: a symlink or FIFO where pocketml keeps its lock file; "
+                                   "refusing to write through it") from None
+        raise EnvironmentMissing(f"cannot create {path}: {exc.strerror}", path=str(path)) from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UnsafeInputError(f"{path}: not a regular file where pocketml keeps its lock file")
+    return os.fdopen(fd, "w")
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (Linux /proc); 0o022 where unreadable."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+def normalise_modes(root: Path) -> None:
+    """Published files are 0o644 and directories 0o755 (less what the umask takes away), whatever
+    mode a converter created them with: ai-edge-quantizer writes through `os.open(path, O_CREAT)`
+    with Python's default mode 0o777, which made every fp16 / dynamic-int8 .tflite executable."""
+    mask = _umask()
+    for dirpath, dirnames, filenames in os.walk(root):
+        os.chmod(dirpath, DIR_MODE & ~mask)
+        for name in filenames:
+            p = os.path.join(dirpath, name)
+            if not os.path.islink(p):
+                os.chmod(p, FILE_MODE & ~mask)
 
 
 def _exchange(a: Path, b: Path) -> bool:

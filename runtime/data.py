@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UsageError, require_extra
+from .errors import UsageError, require_dependency
+from .parsing import reading
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 MAX_SAMPLES = 100_000
@@ -21,7 +22,7 @@ def preprocess_image(rgb: np.ndarray, pre: dict) -> np.ndarray:
 
     Resize the shorter side to `resize_to`, centre-crop to `size`, then (x - mean) / std.
     """
-    Image = require_extra("PIL.Image", "runtime", "image preprocessing")
+    Image = require_dependency("PIL.Image", "pillow", "image preprocessing")
     im = Image.fromarray(np.asarray(rgb)).convert("RGB")
     h_out, w_out = pre["size"]
     w, h = im.size
@@ -45,7 +46,7 @@ def to_layout(x: np.ndarray, src: str | None, dst: str | None) -> np.ndarray:
 
 
 def load_images(paths: list[Path], pre: dict) -> list[np.ndarray]:
-    Image = require_extra("PIL.Image", "runtime", "reading images")
+    Image = require_dependency("PIL.Image", "pillow", "reading images")
     out = []
     for p in paths:
         try:
@@ -109,7 +110,8 @@ def load_data_dir(data_dir: Path, inputs: list[dict], pre: dict) -> list[list[np
     if kind == "text":
         from .text import encode
         for p in texts:
-            lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+            with reading(p, "text data (UTF-8, one sentence per line)", error=UsageError):
+                lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
             named += [(f"{p} line {i + 1}", s) for i, s in enumerate(encode(lines, pre))]
     named += [(str(p), _load_array_sample(p, inputs)) for p in files if p.suffix.lower() in (".npy", ".npz")]
     if not named:
@@ -123,7 +125,7 @@ def load_data_dir(data_dir: Path, inputs: list[dict], pre: dict) -> list[list[np
 
 
 def _load_array_sample(p: Path, inputs: list[dict]) -> list[np.ndarray]:
-    try:
+    with reading(p, "a numpy file without pickles", error=UsageError):
         if p.suffix.lower() == ".npy":
             arrs = [np.load(p, allow_pickle=False)]
         else:
@@ -132,9 +134,29 @@ def _load_array_sample(p: Path, inputs: list[dict]) -> list[np.ndarray]:
                 if missing:
                     raise UsageError(f"{p}: missing input(s) {missing}; has {z.files}", sample=str(p))
                 arrs = [z[s["name"]] for s in inputs]
-    except (ValueError, OSError) as exc:
-        raise UsageError(f"{p}: not a readable numpy file without pickles ({exc})", sample=str(p)) from exc
     if len(arrs) != len(inputs):
         raise UsageError(f"{p}: a .npy file holds one tensor but the model has {len(inputs)} inputs; use .npz",
                          sample=str(p))
     return arrs
+
+
+def check_calibration(samples: list[list[np.ndarray]], inputs: list[dict], source: str) -> None:
+    """Calibration data that cannot give an activation range is a usage error (exit 2) naming it.
+
+    Degenerate: a float input that takes a single value across the whole set (zero range: every
+    activation range downstream collapses to a point, and static int8 quantizes nothing), or two or
+    more samples that are all identical (the set says nothing about the distribution). Integer inputs
+    (token ids, masks, token types) are exempt from the single-value rule: they are not ranged."""
+    for k, spec in enumerate(inputs):
+        xs = [s[k] for s in samples]
+        if xs[0].dtype.kind != "f":
+            continue
+        lo, hi = min(float(x.min()) for x in xs), max(float(x.max()) for x in xs)
+        if lo == hi:
+            raise UsageError(
+                f"calibration data {source}: input {spec['name']!r} is {lo:g} in every one of its {len(xs)} "
+                "sample(s) (zero range): calibration needs representative inputs, not a constant",
+                sample=source, input=spec["name"])
+    if len(samples) > 1 and all(all(np.array_equal(a, b) for a, b in zip(s, samples[0])) for s in samples[1:]):
+        raise UsageError(f"calibration data {source}: all {len(samples)} samples are identical: calibration "
+                         "needs representative inputs, not copies of one", sample=source)

@@ -82,3 +82,17 @@ def require_extra(module: str, extra: str, purpose: str):
             f"{purpose} needs the '{extra}' extra ({module} is not installed): "
             f"pip install 'pocketml[{extra}]'",
             module=module, extra=extra) from exc
+
+
+def require_dependency(module: str, package: str, purpose: str):
+    """Import `module` from one of pocketml's own dependencies (pyproject `dependencies`, which every
+    install has), or raise EnvironmentMissing naming the package: a broken install, not a missing extra."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise EnvironmentMissing(
+            f"{purpose} needs {package}, a dependency of pocketml itself, which cannot be imported "
+            f"({module}: {exc}): pip install '{package}' (or reinstall pocketml)",
+            module=module, package=package) from exc

@@ -12,12 +12,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import UnsafeInputError, UsageError
+from .formats import FORMAT_NAMES, PRECISION_NAMES
 
 SCHEMA = "pocketml.manifest/1"
 MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 4 << 20
-FORMATS = ("onnx", "tflite", "coreml")
-PRECISIONS = ("fp32", "fp16", "int8", "int8w", "int4")   # int8w: weight-only int8
+FORMATS, PRECISIONS = FORMAT_NAMES, PRECISION_NAMES     # the format registry's lists (runtime/formats.py)
 
 
 @dataclass

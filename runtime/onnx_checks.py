@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import UnsafeInputError, require_extra
+from .errors import UnsafeInputError, require_dependency
+from .parsing import reading
 from .paths import check_range, open_contained
 from .prechecks import MAX_DIMS, MAX_TENSOR_BYTES, MAX_TENSOR_ELEMENTS, checked_nbytes  # noqa: F401 (re-exported)
 
@@ -99,10 +100,10 @@ def check_external(model_path: Path, where: str, tensor, nbytes: int | None = No
         raise UnsafeInputError(f"{model_path}: {where}: external data refused: {exc}", location=location) from None
     path = model_path.parent / location
     try:
-        offset = _int(entries.get("offset", "0"))
-        length = _int(entries["length"]) if "length" in entries else size - offset
-    except ValueError:
-        raise UnsafeInputError(f"{model_path}: {where} has a non-integer offset/length") from None
+        offset = _int("offset", entries.get("offset", "0"))
+        length = _int("length", entries["length"]) if "length" in entries else size - offset
+    except ValueError as exc:
+        raise UnsafeInputError(f"{model_path}: {where} has {exc}") from None
     try:
         check_range(path, offset, length, size=size)
     except UnsafeInputError as exc:
@@ -112,24 +113,27 @@ def check_external(model_path: Path, where: str, tensor, nbytes: int | None = No
                                f"has {length}")
 
 
-def _int(text: str) -> int:
-    if not (0 < len(text) <= 20) or not text.isdigit() or not text.isascii():
-        raise ValueError(text)
+def _int(name: str, text: str) -> int:
+    """A non-negative decimal external-data offset/length; ValueError says what is wrong with it."""
+    if text[:1] == "-" and text[1:].isascii() and text[1:].isdigit():
+        raise ValueError(f"a negative {name} ({text[:24]})")
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError(f"a non-integer {name} ({text[:40]!r})")
+    if len(text) > 20:
+        raise ValueError(f"an out-of-range {name} ({len(text)} digits, at most 20)")
     return int(text)
 
 
 def check_onnx(model_path: Path, data: bytes | None = None) -> None:
     """`data`: the file's bytes when the caller has read them already (through the validator)."""
-    onnx = require_extra("onnx", "runtime", "checking ONNX files")
+    onnx = require_dependency("onnx", "onnx", "checking ONNX files")
     model_path = Path(model_path)
     if data is None:
         from .paths import open_regular
         with open_regular(model_path) as fh:
             data = fh.read()
-    try:
+    with reading(model_path, "the ONNX protobuf"):     # DecodeError, incl. protobuf's nesting-depth limit
         model = onnx.ModelProto.FromString(data)
-    except Exception as exc:  # protobuf DecodeError and friends
-        raise UnsafeInputError(f"{model_path}: not a valid ONNX protobuf ({type(exc).__name__})") from None
     try:
         tensors = list(iter_model_tensors(model))
     except RecursionError:

@@ -195,3 +195,87 @@ def check_range(path: Path, offset: int, length: int, size: int | None = None) -
             raise UnsafeInputError(f"{path}: range {name} {v!r} is not an integer")
     if offset < 0 or length < 0 or offset > size or length > size - offset:
         raise UnsafeInputError(f"{path}: range offset={offset} length={length} exceeds file size {size}")
+
+
+# ------------------------------------------------------------------ output paths
+
+OUTPUT_FLAG = "--allow-symlinked-output"
+
+
+def output_dir(path, allow_symlinks: bool = False) -> Path:
+    """Check a directory pocketml is about to write into (`-o`), before anything is created.
+
+    Every component the path names is looked at with lstat — for a relative path from the current
+    directory down (getcwd is already physical), for an absolute path from `/` down, or from the
+    current directory when it lies below it (as getcwd or the shell's $PWD spell it) — and the final
+    one too. A symlink is refused (UnsafeInputError, exit 4) naming the link and where it points,
+    unless `allow_symlinks` (`--allow-symlinked-output`). The one exemption: a root-owned symlink
+    directly in a root-only `/` (macOS `/tmp` → `private/tmp`, `/var`) is the system's layout.
+
+    Returns the path to write to: `path` itself, or its resolved form when a link was followed, so
+    later checks of the same directory (each staging directory's parent) see no link again."""
+    path = Path(path)
+    try:
+        cwd = Path(os.getcwd())
+    except OSError as exc:
+        raise UnsafeInputError(f"output path {path}: cannot determine the current directory "
+                               f"({exc.strerror})") from None
+    start, parts = _output_start(path, cwd)
+    cur, followed = start, False
+    for part in parts:
+        if part == "..":            # `cur` is physical here (no link so far, or resolved), so `..` is too
+            cur = cur.parent
+            continue
+        cur = cur / part
+        try:
+            st = os.lstat(cur)
+        except OSError:             # missing (pocketml creates it) or not a directory (mkdir says so, exit 7)
+            continue
+        if not stat.S_ISLNK(st.st_mode):
+            continue
+        if not (allow_symlinks or _system_link(cur, st)):
+            raise UnsafeInputError(_symlink_refusal(path, cur), path=str(path), link=str(cur),
+                                   target=_readlink(cur))
+        cur, followed = Path(os.path.realpath(cur)), True
+    return cur if followed else path
+
+
+def _output_start(path: Path, cwd: Path) -> tuple[Path, tuple[str, ...]]:
+    """Where the walk starts and the components it checks."""
+    if not path.is_absolute():
+        return cwd, path.parts
+    for base in (cwd, _shell_pwd(cwd)):
+        if base is not None and (path == base or base in path.parents):
+            return cwd, path.relative_to(base).parts
+    return Path(path.anchor), path.parts[1:]
+
+
+def _shell_pwd(cwd: Path) -> Path | None:
+    """$PWD when it names the current directory (the shell's spelling, possibly through links)."""
+    pwd = os.environ.get("PWD")
+    try:
+        return Path(pwd) if pwd and os.path.isabs(pwd) and os.path.samefile(pwd, cwd) else None
+    except OSError:
+        return None
+
+
+def _system_link(link: Path, st: os.stat_result) -> bool:
+    if link.parent != Path(link.anchor) or st.st_uid != 0:
+        return False
+    root = os.lstat(link.anchor)
+    return root.st_uid == 0 and not root.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def _readlink(link: Path) -> str:
+    try:
+        return os.readlink(link)
+    except OSError as exc:
+        return f"? ({exc.strerror})"
+
+
+def _symlink_refusal(path: Path, link: Path) -> str:
+    target = _readlink(link)
+    where = target if os.path.isabs(target) else f"{target} (= {os.path.realpath(link)})"
+    return (f"output path {path} goes through a symlink: {link} -> {where}; pocketml does not write "
+            f"through symlinks (a planted link redirects the output). Remove the link, choose another "
+            f"directory, or pass {OUTPUT_FLAG} to write there anyway (manifests and reports record it)")

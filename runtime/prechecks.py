@@ -244,6 +244,95 @@ def _external_buffers(fb: _FlatBuffer, model: _Table, path: Path) -> None:
                                    f"its group file ({sizes[group]} bytes)") from None
 
 
+def tflite_io(path: Path, data: bytes) -> tuple[list[dict], list[dict]]:
+    """The main subgraph's inputs (in tensor-index order, as LiteRT's sessions take them) and outputs:
+    name, shape, TensorType, read with the bounds-checked reader. Run after `_tflite` passed."""
+    fb = _FlatBuffer(path, data, len(data))
+    model = fb.table(fb.u32(0))
+    subgraphs = list(model.tables(2))
+    if not subgraphs:
+        fb.fail("no subgraph")
+    sub = subgraphs[0][1]
+    tensors = [t for _, t in sub.tables(0)]
+
+    def describe(i: int) -> dict:
+        t = tensors[i]
+        return {"name": t.string(3) or f"tensor_{i}", "shape": t.ints(0), "type": t.scalar(1, "b")}
+    return [describe(i) for i in sorted(sub.ints(1))], [describe(i) for i in sub.ints(2)]
+
+
+# ------------------------------------------------------------------------------------- safetensors
+
+MAX_SAFETENSORS_HEADER_BYTES = 100_000_000      # the safetensors library's own limit
+# dtype → bits per element (safetensors' Dtype enum; F4 / F6 are packed).
+SAFETENSORS_DTYPE_BITS = {"BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E4M3FNUZ": 8,
+                          "F8_E5M2FNUZ": 8, "F8_E8M0": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6, "I16": 16,
+                          "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32, "C64": 64,
+                          "I64": 64, "U64": 64, "F64": 64}
+
+
+def precheck_safetensors(path: Path) -> None:
+    """A `.safetensors` header before any loader maps the file: the 8-byte little-endian header length
+    (capped, inside the file), a JSON object whose tensors each have a known dtype, a shape of
+    non-negative ints whose byte size (`checked_nbytes`) equals its `data_offsets` span, and spans that
+    follow each other without overlap or gap and cover the data area exactly. Follows symlinks: a
+    Hugging Face cache snapshot links its files into `blobs/`."""
+    from .manifest import parse_json
+    path = Path(path)
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        head = fh.read(8)
+        if len(head) < 8:
+            _bad_safetensors(path, f"{len(head)} bytes, shorter than the 8-byte header length")
+        n = struct.unpack("<Q", head)[0]
+        if n > MAX_SAFETENSORS_HEADER_BYTES:
+            _bad_safetensors(path, f"header of {n} bytes exceeds the {MAX_SAFETENSORS_HEADER_BYTES}-byte cap")
+        if n > size - 8:
+            _bad_safetensors(path, f"header of {n} bytes is longer than the file ({size} bytes)")
+        header = parse_json(fh.read(n), path)
+    if not isinstance(header, dict):
+        _bad_safetensors(path, "the header is not a JSON object")
+    data_len = size - 8 - n
+    spans = sorted(_safetensors_span(path, name, info, data_len) for name, info in header.items()
+                   if name != "__metadata__")
+    end, last = 0, None
+    for begin, stop, name in spans:
+        if begin < end:
+            _bad_safetensors(path, f"tensor {name!r} (bytes {begin}..{stop}) overlaps tensor {last!r} "
+                                   f"(which ends at {end})")
+        if begin > end:
+            _bad_safetensors(path, f"a gap of {begin - end} bytes before tensor {name!r}")
+        end, last = stop, name
+    if end != data_len:
+        _bad_safetensors(path, f"the tensors cover {end} of the {data_len} data bytes")
+
+
+def _safetensors_span(path: Path, name: str, info, data_len: int) -> tuple[int, int, str]:
+    where = f"{path}: corrupt safetensors file: tensor {name!r}"
+    if not isinstance(info, dict) or info.get("dtype") not in SAFETENSORS_DTYPE_BITS:
+        _bad_safetensors(path, f"tensor {name!r} has no known dtype")
+    shape, offsets = info.get("shape"), info.get("data_offsets")
+    ints = lambda v, n=None: isinstance(v, list) and (n is None or len(v) == n) and all(  # noqa: E731
+        isinstance(x, int) and not isinstance(x, bool) for x in v)
+    if not ints(shape) or not ints(offsets, 2):
+        _bad_safetensors(path, f"tensor {name!r} needs an integer shape and two integer data_offsets")
+    begin, stop = offsets
+    if not 0 <= begin <= stop <= data_len:
+        _bad_safetensors(path, f"tensor {name!r} data_offsets {offsets} lie outside the {data_len} data bytes")
+    bits = SAFETENSORS_DTYPE_BITS[info["dtype"]]
+    nbytes = checked_nbytes(where, shape, max(bits // 8, 1))
+    if bits < 8:
+        nbytes = (nbytes * bits + 7) // 8
+    if nbytes != stop - begin:
+        _bad_safetensors(path, f"tensor {name!r} {info['dtype']}{shape} needs {nbytes} bytes but its "
+                               f"data_offsets span {stop - begin}")
+    return begin, stop, name
+
+
+def _bad_safetensors(path: Path, what: str):
+    raise UnsafeInputError(f"{path}: corrupt safetensors file: {what}", file=str(path))
+
+
 # -------------------------------------------------------------------------------------------- ONNX
 
 def _onnx(path: Path, buf, size: int) -> None:
@@ -276,13 +365,10 @@ def _coreml(path: Path) -> None:
         contained_file(path / "Data", item)
 
 
-def precheck_model_file(path: Path, fmt: str) -> None:
+def read_model_bytes(path: Path) -> bytes:
+    """The whole model file, opened with O_NOFOLLOW and capped: the checks see the bytes the runtime will see."""
     path = Path(path)
-    if fmt == "coreml":
-        return _coreml(path)
-    if fmt not in ("tflite", "onnx"):
-        raise UnsafeInputError(f"{path}: unknown model format {fmt!r}")
-    with open_regular(path) as fh:       # O_NOFOLLOW; the checks see the bytes the runtime will see
+    with open_regular(path) as fh:
         size = os.fstat(fh.fileno()).st_size
         if size > MAX_MODEL_BYTES:
             raise UnsafeInputError(f"{path}: {size} bytes exceeds the {MAX_MODEL_BYTES}-byte cap")
@@ -291,4 +377,26 @@ def precheck_model_file(path: Path, fmt: str) -> None:
         raise UnsafeInputError(f"{path}: grew beyond the {MAX_MODEL_BYTES}-byte cap while being read")
     if not data:
         raise UnsafeInputError(f"{path}: empty model file")
-    (_tflite if fmt == "tflite" else _onnx)(path, data, len(data))
+    return data
+
+
+def precheck_onnx(path: Path) -> None:
+    data = read_model_bytes(path)
+    _onnx(Path(path), data, len(data))
+
+
+def precheck_tflite(path: Path) -> None:
+    data = read_model_bytes(path)
+    _tflite(Path(path), data, len(data))
+
+
+def precheck_coreml(path: Path) -> None:
+    _coreml(Path(path))
+
+
+def precheck_model_file(path: Path, fmt: str) -> None:
+    """The format's pre-check (format registry: `Format.precheck`) before any parser or runtime sees the file."""
+    from .formats import REGISTRY
+    if fmt not in REGISTRY:
+        raise UnsafeInputError(f"{path}: unknown model format {fmt!r}")
+    REGISTRY[fmt].run_precheck(path)

@@ -1,18 +1,19 @@
-"""`load(path)` → a Session for an ONNX, TFLite or Core ML artifact. No torch needed.
+"""`load(path)` → a Session for an artifact of any registered format (runtime/formats.py). No torch needed.
 
 A Session takes and returns float32 arrays in the layout the manifest declares; for
 int8 IO (full-int8 TFLite) it applies the tensor's scale/zero-point itself.
 """
 from __future__ import annotations
 
-import platform
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from .errors import EnvironmentMissing, UnsafeInputError, UsageError, require_extra
+from . import formats
+from .families import for_task
+from .errors import EnvironmentMissing, UnsafeInputError, UsageError, require_dependency, require_extra
 from .manifest import Manifest, read_manifest, verify_checksums
+from .parsing import reading
 from .paths import contained_file
 from .prechecks import precheck_model_file
 
@@ -83,15 +84,13 @@ class OnnxSession(Session):
 
     def __init__(self, artifact_dir, manifest, threads):
         super().__init__(artifact_dir, manifest, threads)
-        ort = require_extra("onnxruntime", "runtime", "running ONNX artifacts")
+        ort = require_dependency("onnxruntime", "onnxruntime", "running ONNX artifacts")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        try:
+        with reading(self.model_path, "the model with onnxruntime"):    # Fail, InvalidProtobuf, …
             self._sess = ort.InferenceSession(str(self.model_path), opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf types
-            raise UnsafeInputError(f"{self.model_path}: onnxruntime refused the model: {exc}") from exc
         self._out_names = [o.name for o in self._sess.get_outputs()]
 
     def _run(self, feeds):
@@ -101,7 +100,7 @@ class OnnxSession(Session):
         self._sess.run(self._out_names, self._prepared)
 
 
-def _tflite_interpreter():
+def tflite_interpreter():
     try:
         from ai_edge_litert.interpreter import Interpreter
         return Interpreter
@@ -111,7 +110,7 @@ def _tflite_interpreter():
         from tflite_runtime.interpreter import Interpreter
         return Interpreter
     except ImportError:
-        require_extra("ai_edge_litert", "runtime", "running TFLite artifacts")
+        require_dependency("ai_edge_litert", "ai-edge-litert", "running TFLite artifacts")
 
 
 class TfliteSession(Session):
@@ -119,12 +118,10 @@ class TfliteSession(Session):
 
     def __init__(self, artifact_dir, manifest, threads):
         super().__init__(artifact_dir, manifest, threads)
-        Interpreter = _tflite_interpreter()
-        try:
+        Interpreter = tflite_interpreter()
+        with reading(self.model_path, "the model with LiteRT"):
             self._it = Interpreter(model_path=str(self.model_path), num_threads=threads)
             self._it.allocate_tensors()
-        except (ValueError, RuntimeError) as exc:
-            raise UnsafeInputError(f"{self.model_path}: LiteRT refused the model: {exc}") from exc
         sig = self._it.get_signature_list()
         self._in = {d["name"]: d for d in self._it.get_input_details()}
         self._out = self._it.get_output_details()
@@ -174,13 +171,11 @@ class CoremlSession(Session):
 
     def __init__(self, artifact_dir, manifest, threads):
         super().__init__(artifact_dir, manifest, threads)
-        if sys.platform != "darwin":
-            raise EnvironmentMissing(
-                f"{self.model_path}: Core ML artifacts run only on macOS/iOS (this is {platform.system()}); "
-                "the Core ML runtime is part of Apple's OS. Validate it on a Mac or profile it on an iPhone.",
-                needs="macOS")
+        if (why := formats.get(manifest.format).host_support()) is not None:
+            raise EnvironmentMissing(f"{self.model_path}: {why}", needs="macOS")
         ct = require_extra("coremltools", "convert", "running Core ML artifacts on macOS")
-        self._model = ct.models.MLModel(str(self.model_path))
+        with reading(self.model_path, "the Core ML model with coremltools"):
+            self._model = ct.models.MLModel(str(self.model_path))
 
     def _run(self, feeds):
         return {k: np.asarray(v, dtype=np.float32) for k, v in self._model.predict(feeds).items()}
@@ -189,18 +184,10 @@ class CoremlSession(Session):
         self._model.predict(self._prepared)
 
 
-BACKENDS = {"onnx": OnnxSession, "tflite": TfliteSession, "coreml": CoremlSession}
-
-# What each session above applies besides the thread count. Every manifest records it
-# (runtime_hints.settings) and `pocketml profile --record` adds the thread count that was measured
-# fastest (runtime_hints.recommended), so an app opens the model the way it was validated and measured.
-SESSION_SETTINGS = {
-    "onnx": {"runtime": "onnxruntime", "execution_provider": "CPUExecutionProvider", "execution_mode": "sequential",
-             "inter_op_num_threads": 1, "graph_optimization_level": "ORT_ENABLE_ALL (onnxruntime's default)"},
-    "tflite": {"runtime": "LiteRT (ai-edge-litert Interpreter)",
-               "delegate": "XNNPACK (LiteRT's default CPU delegate, applied when the interpreter is created)"},
-    "coreml": {"runtime": "Core ML (MLModel)", "compute_units": "ALL (coremltools' default)"},
-}
+# What each session applies besides the thread count lives in its format's registry entry
+# (`formats.Format.settings`). Every manifest records it (runtime_hints.settings) and `pocketml profile
+# --record` adds the thread count that was measured fastest (runtime_hints.recommended), so an app opens
+# the model the way it was validated and measured.
 DEFAULT_THREADS = 1
 MAX_RECOMMENDED_THREADS = 64     # a manifest is input: a larger "recommendation" is ignored, not obeyed
 
@@ -227,9 +214,10 @@ def resolve_artifact(path: Path) -> Path:
     raise UsageError(f"{path} is not a pocketml artifact (no manifest.json beside it)")
 
 
-def load(path, threads: int | None = None, verify: bool = True) -> Session:
+def load(path, threads: int | None = None, verify: bool = True):
     """Open an artifact. Checksums are verified first (exit 4 on mismatch). `threads` defaults to the
-    manifest's recommended thread count (`pocketml profile --record`), else 1."""
+    manifest's recommended thread count (`pocketml profile --record`), else 1. A tensor model gives a
+    Session; a generative model (family registry: `generative`) a `runtime.lm.LanguageModel`."""
     if threads is not None and threads < 1:
         raise UsageError(f"threads must be ≥ 1, got {threads}")
     artifact_dir = resolve_artifact(Path(path))
@@ -238,4 +226,7 @@ def load(path, threads: int | None = None, verify: bool = True) -> Session:
     if verify:
         verify_checksums(artifact_dir, manifest)
     precheck_model_file(contained_file(artifact_dir, manifest.model_file), manifest.format)
-    return BACKENDS[manifest.format](artifact_dir, manifest, threads)
+    fmt = formats.get(manifest.format)
+    if (family := for_task(manifest.task)) is not None and family.generative:
+        return fmt.lm_load()(artifact_dir, threads=threads)
+    return fmt.session()(artifact_dir, manifest, threads)

@@ -5,14 +5,20 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UsageError, require_extra
+from .errors import UnsafeInputError, UsageError, require_dependency
+from .parsing import reading
+
+MAX_TOKENIZER_BYTES = 64 << 20
 
 
 def encode(sentences: list[str], pre: dict, tokenizer_path: Path | None = None) -> list[list[np.ndarray]]:
     """Sentences → per-sample [input_ids, attention_mask] int64 arrays of shape (1, max_length)."""
-    tok = load_tokenizer(Path(tokenizer_path or pre["tokenizer_file"]), pre["max_length"])
+    path = Path(tokenizer_path or pre["tokenizer_file"])
+    tok = load_tokenizer(path, pre["max_length"])
+    with reading(path, "the tokenizer (while encoding text)"):
+        encoded = tok.encode_batch(sentences)
     out = []
-    for enc in tok.encode_batch(sentences):
+    for enc in encoded:
         ids = np.asarray(enc.ids, dtype=np.int64)[None]
         mask = np.asarray(enc.attention_mask, dtype=np.int64)[None]
         out.append([ids, mask][: len(pre.get("inputs", ["input_ids", "attention_mask"]))])
@@ -20,12 +26,20 @@ def encode(sentences: list[str], pre: dict, tokenizer_path: Path | None = None) 
 
 
 def load_tokenizer(path: Path, max_length: int):
-    tokenizers = require_extra("tokenizers", "runtime", "tokenising text")
+    """A `tokenizers` tokenizer from a tokenizer.json (size-capped); any error the library raises on
+    the file is a refusal naming it (runtime/parsing.py)."""
+    tokenizers = require_dependency("tokenizers", "tokenizers", "tokenising text")
+    path = Path(path)
     if not path.is_file():
         raise UsageError(f"tokenizer file {path} not found")
-    tok = tokenizers.Tokenizer.from_file(str(path))
-    tok.enable_truncation(max_length)
-    tok.enable_padding(length=max_length)
+    with reading(path, "the tokenizer"):
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_TOKENIZER_BYTES + 1)
+        if len(raw) > MAX_TOKENIZER_BYTES:
+            raise UnsafeInputError(f"{path}: tokenizer larger than {MAX_TOKENIZER_BYTES} bytes", file=str(path))
+        tok = tokenizers.Tokenizer.from_str(raw.decode("utf-8"))
+        tok.enable_truncation(max_length)
+        tok.enable_padding(length=max_length)
     return tok
 
 

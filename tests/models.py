@@ -22,6 +22,17 @@ def tiny_cnn():
     return model.eval(), torch.randn(*IMAGE_SHAPE)
 
 
+def cnn32():
+    """tiny_cnn with 32 channels: every weight's inner dimension divides int4's block of 32, so a CNN can
+    take 4-bit weights where the format allows it (the registry-cell guard, tests/test_registry_cells.py)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+    return model.eval(), torch.randn(*IMAGE_SHAPE)
+
+
 def same_pad_cnn():
     """Like EfficientNet-Lite's stride-2 blocks: TF "same" padding as ZeroPad2d((0, 1, 0, 1)) before a
     stride-2 depthwise conv (and (1, 2, 1, 2) before a 5×5 one), after the three leading convs that
@@ -121,3 +132,36 @@ def digits_cnn():
         _DIGITS_TEACHER["model"] = model.eval()
     import copy
     return copy.deepcopy(_DIGITS_TEACHER["model"]), torch.zeros(*DIGITS_SHAPE)
+
+
+# ---------------------------------------------------------------- fp16 range / precision census (issue 12)
+
+class _Loud(nn.Module):
+    """`loud` outputs about 1.9e5 on the example (beyond fp16's 65504) while every weight fits fp16
+    (≤ 3000); `head` brings the output back to a few hundred, so the final output alone looks harmless."""
+
+    def __init__(self):
+        super().__init__()
+        self.loud = nn.Linear(64, 16)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.loud(x)))
+
+
+def fp16_overflow():
+    torch.manual_seed(5)
+    model = _Loud()
+    with torch.no_grad():
+        model.loud.weight.uniform_(1000.0, 3000.0)
+        model.head.weight.mul_(1e-4)
+    return model.eval(), torch.rand(1, 64) + 1.0
+
+
+def two_conv_cnn():
+    """Two small convs and no classifier layer: static int8 keeps the leading convs float (cnn_int8.py)
+    and Core ML quantizes only tensors over 256 elements, so an "int8" export holds no int8 weight."""
+    torch.manual_seed(6)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return model.eval(), torch.randn(*IMAGE_SHAPE)

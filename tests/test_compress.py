@@ -161,10 +161,11 @@ def test_cli_bad_recipe(tmp_path, body, named):
 def test_shipped_recipes_parse():
     from pathlib import Path
     root = Path(__file__).resolve().parent.parent / "recipes"
-    assert [s["kind"] for s in load_recipe(root / "minilm-phone.toml")] == ["layer_drop", "distill"]
-    assert load_recipe(root / "minilm-phone.toml")[0]["keep"] == [0, 2, 4]
+    assert [s.kind for s in load_recipe(root / "minilm-phone.toml")] == ["layer_drop", "distill"]
+    assert load_recipe(root / "minilm-phone.toml")[0].config.keep == [0, 2, 4]
     eff = load_recipe(root / "effnet-prune.toml")
-    assert eff[0] == {"kind": "prune", "channels": 0.3, "importance": "l1", "global": False}
+    assert eff[0].as_dict() == {"kind": "prune", "channels": 0.3, "importance": "l1", "global": False}
+    assert eff[0].config.global_pruning is False and eff[0].config.channels == 0.3      # typed, parsed once
 
 
 def test_quantize_and_export_steps_set_what_is_exported(digits, tmp_path):
@@ -195,12 +196,13 @@ def test_quantize_shorthand_must_agree_with_the_flags(tmp_path, args, text):
 
 
 def test_shorthands_fill_steps():
-    assert parse_shorthand("prune", "channels=0.3,importance=l2,global") == {
+    assert parse_shorthand("prune", "channels=0.3,importance=l2,global").as_dict() == {
         "kind": "prune", "channels": 0.3, "importance": "l2", "global": True}
-    assert parse_shorthand("drop-layers", "keep=0,2,4") == {"kind": "layer_drop", "keep": [0, 2, 4]}
-    assert parse_shorthand("distill", "data=/d,epochs=3") == {"kind": "distill", "data": "/d", "epochs": 3}
-    assert parse_shorthand("quantize", "fp16,int8,observer=minmax") == {
+    assert parse_shorthand("drop-layers", "keep=0,2,4").as_dict() == {"kind": "layer_drop", "keep": [0, 2, 4]}
+    assert parse_shorthand("distill", "data=/d,epochs=3").as_dict() == {"kind": "distill", "data": "/d", "epochs": 3}
+    assert parse_shorthand("quantize", "fp16,int8,observer=minmax").as_dict() == {
         "kind": "quantize", "precision": ["fp16", "int8"], "observer": "minmax"}
+    assert parse_shorthand("distill", "data=/d,epochs=3").config.epochs == 3
 
 
 def test_prune_that_empties_a_layer_is_refused():
@@ -210,7 +212,7 @@ def test_prune_that_empties_a_layer_is_refused():
     m = nn.Sequential(nn.Conv2d(1, 1, 3, padding=1), nn.ReLU(), nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(),
                       nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
     spec = ModelSpec("narrow", m, [{"name": "x", "shape": [1, 1, 8, 8], "dtype": "float32", "layout": "NCHW"}],
-                     ["y"], "image-classification", "top1", "cnn")
+                     ["y"], "image-classification", "top1", "image-classifier")
     with pytest.raises(UsageError, match="'0'"):
         apply_steps(spec, [{"kind": "prune", "channels": 0.5}], log=lambda *_: None)
 

@@ -1,4 +1,4 @@
-"""profiler.metrics.compare and the validation tolerances, on hand-made arrays."""
+"""runtime.metrics.compare and the validation tolerances, on hand-made arrays."""
 from __future__ import annotations
 
 import math
@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from pocketml.convert.validate import check, tolerance
-from pocketml.profiler.metrics import accuracy_drop, compare
+from pocketml.runtime.metrics import accuracy_drop, compare
 
 
 def rows(*vectors) -> list[np.ndarray]:

@@ -9,7 +9,7 @@ import pytest
 from onnx import numpy_helper
 
 from conftest import CNN, assert_no_partial, cnn_samples, run_cli, save_samples
-from pocketml.convert.exporters import OBSERVERS
+from pocketml.runtime import formats
 
 
 def convert_cnn(out, calib_dir, fmt, observer):
@@ -30,7 +30,7 @@ def test_observer_is_used_and_recorded(tmp_path, calib_dir, fmt, observer):
     r = convert_cnn(tmp_path / "out", calib_dir, fmt, observer)
     assert r.exit_code == 0, r.output
     m = json.loads((tmp_path / "out" / f"{fmt}-int8" / "manifest.json").read_text())
-    assert m["quantization"]["calibration"]["observer"].startswith(f"{observer}: {OBSERVERS[fmt][observer]}")
+    assert m["quantization"]["calibration"]["observer"].startswith(f"{observer}: {formats.get(fmt).observers[observer]}")
     assert m["recipe"]["options"]["observer"] == observer
     assert m["validation"]["status"] == "passed"
 

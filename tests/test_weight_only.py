@@ -8,7 +8,7 @@ import onnx
 import pytest
 
 from conftest import CNN, assert_no_partial, run_cli
-from pocketml.convert.exporters import CAPABILITIES, refusal
+from pocketml.runtime import formats
 
 MLP = "models:mlp64"
 
@@ -30,7 +30,7 @@ def manifest(out, name) -> dict:
 def test_weight_only_artifacts_are_validated_and_described(mlp_out, fmt, precision):
     m = manifest(mlp_out, f"{fmt}-{precision}")
     assert m["precision"] == precision
-    assert m["quantization"]["method"] == CAPABILITIES[fmt][precision]["*"]
+    assert m["quantization"]["method"] == formats.capability(fmt, precision, "generic").method
     assert m["validation"]["status"] in ("passed", "structural-only")
     if fmt != "coreml":
         assert m["validation"]["stats"]["cosine_min"] >= (0.99 if precision == "int8w" else 0.85)
@@ -61,7 +61,8 @@ def test_onnx_int4_refuses_a_cnn_with_the_reason(tmp_path):
     assert r.exit_code == 3
     assert "int4" in r.output and "no int4 convolution kernel" in r.output
     assert_no_partial(tmp_path / "out")
-    assert refusal("onnx", "int4", "cnn") and refusal("onnx", "int4", "transformer") is None
+    assert formats.capability("onnx", "int4", "cnn").refused
+    assert formats.capability("onnx", "int4", "transformer").refused is None
 
 
 def test_tflite_int4_names_a_tensor_the_blocks_do_not_fit(tmp_path):

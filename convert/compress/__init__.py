@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from pocketml.runtime.errors import UsageError
 
-from .recipe import SETTING_KINDS, STEP_KINDS, load_recipe, parse_shorthand, parse_step, parse_steps  # noqa: F401
+from .recipe import (SETTING_KINDS, STEP_KINDS, Step, as_step, load_recipe, parse_shorthand,  # noqa: F401
+                     parse_step, parse_steps)
 
 
 def make_step(kind: str, cfg):
@@ -21,14 +22,15 @@ def make_step(kind: str, cfg):
 
 
 def apply_steps(spec, recipe, calib=None, log=print, out_dir=None):
-    """Run the recipe's steps; returns the student spec (a copy). `recipe` may also be a list of step dicts."""
+    """Run the recipe's steps; returns the student spec (a copy). `recipe` may also be a list of Steps
+    (or step dicts, parsed here)."""
     from .report import Context, run_step
-    raw = recipe if isinstance(recipe, list) else recipe.steps
-    settings = [s.get("kind") for s in raw if isinstance(s, dict) and s.get("kind") in SETTING_KINDS]
+    parsed = parse_steps(recipe if isinstance(recipe, list) else recipe.steps)
+    settings = [s.kind for s in parsed if not s.compresses]
     if settings:
         raise UsageError(f"steps {', '.join(settings)} set how the model is exported, not how it is compressed: "
                          "give them as Recipe precisions / formats / options (recipe.take_settings splits them off)")
-    steps = [make_step(k, c) for k, c in parse_steps(raw)]
+    steps = [make_step(s.kind, s.config) for s in parsed]
     ctx = Context.build(spec, calib, out_dir, log)
     log(f"compressing {spec.name}: {', '.join(s.kind for s in steps)}")
     for step in steps:

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pocketml.runtime.atomic import ensure_writable_dir
 from pocketml.runtime.errors import UsageError
+from pocketml.runtime.families import metric as metric_of
 
 from ..progress import Bar
 from .recipe import DistillConfig, config_dict
@@ -57,8 +59,8 @@ def load_training_data(cfg: DistillConfig, spec, ctx: Context):
         labels = labels.astype(np.int64).reshape(-1)
         if len(labels) != len(samples):
             raise UsageError(f"distill labels {p}: {len(labels)} labels for {len(samples)} samples")
-        if spec.metric != "top1":
-            raise UsageError("distill labels are for classifiers (metric top1)")
+        if not metric_of(spec.metric).classifier:
+            raise UsageError(f"distill labels are for classifiers; {spec.name} is judged by {spec.metric}")
     return samples[:cfg.max_samples], (labels[:cfg.max_samples] if labels is not None else None), source
 
 
@@ -153,7 +155,7 @@ class Distill:
     def loss_kind(self, spec) -> str:
         if self.cfg.loss != "auto":
             return self.cfg.loss
-        return {"top1": "kl", "cosine": "cosine"}.get(spec.metric, "mse")
+        return metric_of(spec.metric).distill_loss
 
     def loss(self, kind, s, t, y=None):
         import torch.nn.functional as F
@@ -189,7 +191,7 @@ class Distill:
                              "Face encoder (sentence-embedding / feature-extraction) as teacher and student")
         fingerprint = checkpoint_fingerprint(cfg, model, samples, labels)
         ckdir = self.checkpoint_dir(ctx)
-        ckdir.mkdir(parents=True, exist_ok=True)
+        ckdir = ensure_writable_dir(ckdir)     # never through a symlink (runtime/paths.output_dir)
         ckfile = ckdir / f"{fingerprint}-{CHECKPOINT}"
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         state = {"epoch": 0, "best_score": [-1e9, -1e9], "best_epoch": 0, "bad_epochs": 0, "done": False,
@@ -240,7 +242,7 @@ class Distill:
                     if state["best_epoch"] == state["epoch"]:
                         best = {k: v.detach().clone() for k, v in model.state_dict().items()}
                     self._save(ckfile, model, opt, best, state)
-                    name = "top-1 agreement" if spec.metric == "top1" else "cosine"
+                    name = metric_of(spec.metric).label
                     bar.print(f"  distill epoch {state['epoch']}/{cfg.epochs}: val {name} {metric:.4f}, val loss "
                               f"{val_loss:.4f}" + ("  (best)" if state["best_epoch"] == state["epoch"] else ""))
                     after_epoch(state["epoch"])

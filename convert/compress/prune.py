@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from pocketml.runtime.errors import UsageError
+from pocketml.runtime.families import family, metric
 
 from .recipe import PruneConfig
 from .report import Context, clone, first, to_torch
@@ -39,7 +40,7 @@ def taylor_gradients(module, spec, ctx: Context, example) -> None:
     batch = [torch.cat(t) for t in zip(*[to_torch(s) for s in samples])]
     module.zero_grad()
     out = first(module(*batch))
-    if spec.metric == "top1":
+    if metric(spec.metric).classifier:
         with torch.no_grad():
             target = first(ctx.teacher.module(*batch)).argmax(-1)
         loss = torch.nn.functional.cross_entropy(out.reshape(out.shape[0], -1), target.reshape(-1))
@@ -59,7 +60,7 @@ class Prune:
         student = clone(spec)
         torch.manual_seed(self.cfg.seed)
         np.random.seed(self.cfg.seed)
-        if spec.family == "transformer":
+        if family(spec.family).prune == "heads-ffn":
             if self.cfg.channels is not None:
                 raise UsageError("prune channels= is for CNNs; for transformers use heads= and/or ffn=", field="channels")
             self._transformer(student, ctx)

@@ -1,6 +1,8 @@
 """Compression recipes as data: one typed config dataclass per step kind, parsed from TOML or CLI shorthands.
 
-Torch-free: the CLI validates a recipe (unknown kind/field → UsageError, exit 2) before loading any model.
+A step is parsed once, where it enters (a TOML file, a CLI shorthand, a dict handed to the API), into a
+`Step` (kind + typed config); everything after reads the typed config. Torch-free: the CLI validates a
+recipe (unknown kind/field → UsageError, exit 2) before loading any model.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from pocketml.runtime.errors import UsageError
-from pocketml.runtime.manifest import FORMATS
+from pocketml.runtime.formats import FORMAT_NAMES
 
 
 @dataclass
@@ -56,14 +58,14 @@ class QuantizeConfig:
     --precision, --calib, --observer, --max-drop; see docs/COMPRESSION.md)."""
     precision: list[str] = field(default_factory=lambda: ["int8"])
     calib: str | None = None              # calibration data directory
-    observer: str | None = None           # static int8 activation observer (exporters.OBSERVERS)
+    observer: str | None = None           # static int8 activation observer (format registry: Format.observers)
     max_drop: str | None = None           # automatic mixed precision budget, "1%" or 0.01
 
 
 @dataclass
 class ExportConfig:
     """The target formats (same as --to)."""
-    to: list[str] = field(default_factory=lambda: list(FORMATS))
+    to: list[str] = field(default_factory=lambda: list(FORMAT_NAMES))
 
 
 STEP_KINDS: dict[str, type] = {"prune": PruneConfig, "layer_drop": LayerDropConfig, "distill": DistillConfig}
@@ -120,8 +122,30 @@ def _tname(tp) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def parse_step(raw: dict, where: str = "recipe"):
-    """A `{kind = ..., field = ...}` table → (kind, config dataclass). Unknown kind/field → UsageError."""
+@dataclass(frozen=True)
+class Step:
+    """One recipe step, parsed: its kind, its typed config, and the fields the user set (for the manifest)."""
+    kind: str
+    config: object
+    given: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict:
+        """The step as the user wrote it (user-facing keys), with the parsed values."""
+        return {"kind": self.kind, **{k: getattr(self.config, ALIASES.get(k, k)) for k in self.given}}
+
+    @property
+    def compresses(self) -> bool:
+        """prune / layer_drop / distill change the model; quantize / export only set how it is exported."""
+        return self.kind in STEP_KINDS
+
+
+def as_step(raw, where: str = "recipe") -> Step:
+    """A Step as it is, or a raw `{kind = …}` table parsed into one."""
+    return raw if isinstance(raw, Step) else parse_step(raw, where)
+
+
+def parse_step(raw: dict, where: str = "recipe") -> Step:
+    """A `{kind = ..., field = ...}` table → Step (typed config). Unknown kind/field → UsageError."""
     if not isinstance(raw, dict):
         raise UsageError(f"{where}: a step must be a table with a `kind`, got {raw!r}")
     raw = dict(raw)
@@ -143,7 +167,7 @@ def parse_step(raw: dict, where: str = "recipe"):
                              step=kind, field=name)
     cfg = cls(**values)
     check_config(kind, cfg, where)
-    return kind, cfg
+    return Step(kind, cfg, tuple(raw))
 
 
 def check_config(kind: str, cfg, where: str = "recipe") -> None:
@@ -175,12 +199,12 @@ def check_config(kind: str, cfg, where: str = "recipe") -> None:
                              fields=[k for k, _ in bad])
 
 
-def parse_steps(raw_steps: list[dict], where: str = "recipe") -> list[tuple[str, object]]:
-    return [parse_step(s, f"{where} step {i + 1}") for i, s in enumerate(raw_steps)]
+def parse_steps(raw_steps: list, where: str = "recipe") -> list[Step]:
+    return [as_step(s, f"{where} step {i + 1}") for i, s in enumerate(raw_steps)]
 
 
-def load_recipe(path: str | Path) -> list[dict]:
-    """`recipes/*.toml` → the raw step tables (validated). Top level: `description` and `[[steps]]`."""
+def load_recipe(path: str | Path) -> list[Step]:
+    """`recipes/*.toml` → its steps, parsed. Top level: `description` and `[[steps]]`."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"recipe {path} does not exist")
@@ -195,9 +219,9 @@ def load_recipe(path: str | Path) -> list[dict]:
     steps = doc.get("steps", [])
     if not isinstance(steps, list) or not steps:
         raise UsageError(f"recipe {path}: no [[steps]] tables")
-    parse_steps(steps, f"recipe {path}")
-    check_order([s["kind"] for s in steps], f"recipe {path}")
-    return [dict(s) for s in steps]
+    parsed = parse_steps(steps, f"recipe {path}")
+    check_order([s.kind for s in parsed], f"recipe {path}")
+    return parsed
 
 
 def check_order(kinds: list[str], where: str) -> None:
@@ -209,26 +233,25 @@ def check_order(kinds: list[str], where: str) -> None:
                          "first, then at most one `quantize` and one `export`, in that order", steps=kinds)
 
 
-def take_settings(steps: list[dict]) -> tuple[list[dict], dict]:
-    """Split the raw steps into compression steps and the export settings of quantize / export
+def take_settings(steps: list[Step]) -> tuple[list[Step], dict]:
+    """Split the steps into compression steps and the export settings of quantize / export
     ({"precisions", "calib", "observer", "max_drop", "formats"}: only what the steps set)."""
     settings: dict = {}
     for step in steps:
-        if step["kind"] == "quantize":
-            _, cfg = parse_step(step, "quantize step")
+        if isinstance(step.config, QuantizeConfig):
+            cfg = step.config
             settings.update({"precisions": cfg.precision, "calib": cfg.calib, "observer": cfg.observer,
                              "max_drop": cfg.max_drop})
-        elif step["kind"] == "export":
-            settings["formats"] = parse_step(step, "export step")[1].to
-    return ([s for s in steps if s["kind"] not in SETTING_KINDS],
-            {k: v for k, v in settings.items() if v is not None})
+        elif isinstance(step.config, ExportConfig):
+            settings["formats"] = step.config.to
+    return [s for s in steps if s.compresses], {k: v for k, v in settings.items() if v is not None}
 
 
 SHORTHAND_KIND = {"prune": "prune", "drop-layers": "layer_drop", "distill": "distill", "quantize": "quantize"}
 FLAGS = {"prune": ("global",)}
 
 
-def parse_shorthand(option: str, text: str) -> dict:
+def parse_shorthand(option: str, text: str) -> Step:
     """`--prune channels=0.3,importance=l2,global` / `--drop-layers keep=0,2,4` / `--distill data=DIR,epochs=5`
     / `--quantize int8[,observer=minmax][,max_drop=1%]`.
 
@@ -251,9 +274,50 @@ def parse_shorthand(option: str, text: str) -> dict:
             step[last] = f"{step[last]},{tok}"
         else:
             raise UsageError(f"--{option} {text!r}: unknown key {tok!r} (expected key=value)", field=tok)
-    _, cfg = parse_step(step, f"--{option}")
-    return {"kind": kind, **{k: getattr(cfg, ALIASES.get(k, k)) for k in step if k != "kind"}}
+    return parse_step(step, f"--{option}")
 
 
 def config_dict(cfg) -> dict:
     return {ALIASES_INV.get(k, k): v for k, v in asdict(cfg).items()}
+
+
+# ------------------------------------------------------------------ command line + recipe → one set of choices
+
+SHORTHAND_ORDER = ("prune", "drop-layers", "distill", "quantize")
+FLAG_NAMES = {"formats": "--to", "precisions": "--precision", "calib": "--calib", "observer": "--observer",
+              "max_drop": "--max-drop"}
+
+
+def parse_fraction(value, what: str) -> float | None:
+    """'1%' / '0.01' / 0.01 → 0.01 (a budget such as --max-drop)."""
+    if value is None or isinstance(value, float):
+        return value
+    v = str(value).strip()
+    try:
+        return float(v[:-1]) / 100 if v.endswith("%") else float(v)
+    except ValueError:
+        raise UsageError(f"{what} {value!r}: expected a fraction or a percentage, e.g. 1%") from None
+
+
+def compression_steps(recipe_file, shorthands: dict) -> tuple[list[Step], dict]:
+    """--recipe FILE steps, then the shorthands in the order prune → drop-layers → distill → quantize.
+    Returns (compression steps, export settings of the quantize / export steps)."""
+    steps = load_recipe(recipe_file) if recipe_file else []
+    given = [(o, shorthands[o]) for o in SHORTHAND_ORDER if shorthands.get(o) is not None]
+    steps += [parse_shorthand(option, text) for option, text in given]
+    if given:
+        check_order([s.kind for s in steps], "--recipe with shorthand flags")
+    steps, settings = take_settings(steps)
+    if "max_drop" in settings:
+        settings["max_drop"] = parse_fraction(settings["max_drop"], "quantize step max_drop")
+    return steps, settings
+
+
+def merge_settings(flags: dict, settings: dict) -> dict:
+    """A setting given both as a flag and by the recipe's quantize / export step must agree."""
+    clash = [k for k in flags if flags[k] is not None and k in settings and flags[k] != settings[k]]
+    if clash:
+        show = lambda v: ",".join(v) if isinstance(v, list) else v   # noqa: E731
+        raise UsageError("the command line and the recipe's quantize / export step disagree: " + "; ".join(
+            f"{FLAG_NAMES[k]} {show(flags[k])} vs {show(settings[k])}" for k in clash), fields=clash)
+    return {**settings, **{k: v for k, v in flags.items() if v is not None}}

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from pocketml.runtime.errors import ValidationFailed
+from pocketml.runtime.families import metric
 
 
 @dataclass
@@ -100,7 +101,7 @@ def attention_macs(module, example) -> int:
 
 def agreement(spec, teacher_outs, student_outs) -> tuple[str, float]:
     """top1 → top-1 agreement; otherwise mean cosine (per sample, flattened)."""
-    if spec.metric == "top1":
+    if metric(spec.metric).classifier:
         a = np.mean([int(np.argmax(t.reshape(-1)) == np.argmax(s.reshape(-1)))
                      for t, s in zip(teacher_outs, student_outs)])
         return "top1_agreement", float(a)
@@ -164,7 +165,7 @@ def run_step(step, spec, ctx: Context):
     t0 = time.perf_counter()
     example = spec.torch_example()
     macs0, params0 = count(spec.module, example)
-    metric, before = agreement(spec, ctx.teacher_eval, forward_all(spec.module, ctx.eval_samples))
+    stat, before = agreement(spec, ctx.teacher_eval, forward_all(spec.module, ctx.eval_samples))
     ctx.notes = []
     student = step.run(spec, ctx)               # a NEW spec; the input module is never mutated
     assert student is not spec and student.module is not spec.module, f"step {step.kind} mutated its input"
@@ -176,10 +177,10 @@ def run_step(step, spec, ctx: Context):
     _, after = agreement(spec, ctx.teacher_eval, outs)
     macs1, params1 = count(student.module, example)
     rep = {"step": step.kind, "config": config_dict(step.cfg), "params": [params0, params1], "macs": [macs0, macs1],
-           "metric": metric, "vs": "original model", "data": f"{len(ctx.eval_samples)} evaluation samples",
+           "metric": stat, "vs": "original model", "data": f"{len(ctx.eval_samples)} evaluation samples",
            "before": round(before, 6), "after": round(after, 6), "seconds": round(time.perf_counter() - t0, 2),
            "notes": list(notes)}
-    if spec.metric == "cosine":
+    if metric(spec.metric).neighbours:
         rep["neighbour_agreement"] = neighbour_agreement(ctx.teacher_eval, outs)
     src = dict(spec.source)
     src["compression"] = list(spec.source.get("compression", [])) + [rep]
@@ -188,7 +189,7 @@ def run_step(step, spec, ctx: Context):
     student = replace(student, source=src)
     ctx.log(f"  {step.kind:<10} params {params0:,} → {params1:,} ({params1 / params0:.0%}), "
             f"MACs {macs0:,} → {macs1:,} ({macs1 / max(macs0, 1):.0%}), "
-            f"{metric} vs original {before:.4f} → {after:.4f}"
+            f"{stat} vs original {before:.4f} → {after:.4f}"
             + (f", nearest-neighbour agreement {rep['neighbour_agreement']:.3f}"
                if rep.get("neighbour_agreement") is not None else "") + f"  [{rep['seconds']:.1f}s]")
     for n in notes:

@@ -16,7 +16,6 @@ from . import ExportResult, method_for
 from .errors import unsupported
 
 FORMAT = "coreml"
-QUANTIZED = ("int8", "int8w", "int4")     # weights stored quantized (constexpr_* ops)
 MIN_TARGET = "iOS16"     # constexpr int8 weights need iOS16 / macOS13
 WEIGHT_THRESHOLD = 256   # quantize weight tensors with more elements than this (coremltools default: 2048)
 
@@ -68,22 +67,58 @@ def export(spec, precision: str, out_dir: Path, cache: dict, work: Path, calib=N
                                                                   weight_threshold=WEIGHT_THRESHOLD))
         model = palettize_weights(model, cfg)
     model.save(str(out_dir / "model.mlpackage"))
+    reproducible_package(out_dir / "model.mlpackage")
     ins = [{"name": i["name"], "shape": list(i["shape"]), "layout": i.get("layout"), "quantization": None,
             "dtype": "float32" if i["dtype"].startswith("float") else "int32"} for i in spec.inputs]
     outs = [{"name": o, "shape": None, "dtype": "float32", "layout": None, "quantization": None}
             for o in spec.outputs]
     outs = structural_check(out_dir / "model.mlpackage", ins, outs, precision, fill_shapes=True)
     return ExportResult("model.mlpackage", ins, outs,
-                        {"method": method_for(FORMAT, precision, spec.family)},
+                        {"method": method_for(FORMAT, precision, spec)},
                         ["Core ML numeric check not run: Core ML predictions need macOS"],
                         {"coreml": {"minimum_deployment_target": MIN_TARGET}})
+
+
+# user-defined metadata coremltools writes that depends on when (not from what) a model was built
+BUILD_METADATA = ("com.github.apple.coremltools.conversion_date",)
+
+
+def reproducible_package(pkg: Path) -> None:
+    """Same model, same bytes: coremltools stamps the conversion date, serialises protobuf maps in hash
+    order (it differs per process) and names the package's items with random UUIDs. Rewrite the spec
+    without the date and with sorted maps, and name each item by a UUID derived from its path."""
+    import json
+    import uuid
+
+    from coremltools.proto import Model_pb2
+
+    manifest_file = pkg / "Manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    spec_file = pkg / "Data" / manifest["itemInfoEntries"][manifest["rootModelIdentifier"]]["path"]
+    spec = Model_pb2.Model.FromString(spec_file.read_bytes())
+    for key in BUILD_METADATA:
+        spec.description.metadata.userDefined.pop(key, None)
+    spec_file.write_bytes(spec.SerializeToString(deterministic=True))
+    ids = {old: str(uuid.uuid5(uuid.NAMESPACE_URL, f"pocketml:{item['path']}"))
+           for old, item in manifest["itemInfoEntries"].items()}
+    manifest["itemInfoEntries"] = {ids[old]: item for old, item in sorted(manifest["itemInfoEntries"].items(),
+                                                                          key=lambda kv: ids[kv[0]])}
+    manifest["rootModelIdentifier"] = ids[manifest["rootModelIdentifier"]]
+    manifest_file.write_text(json.dumps(manifest, indent=4, sort_keys=True) + "\n")
 
 
 MULTIARRAY_DTYPES = {65568: "float32", 65552: "float16", 131104: "int32", 65600: "float64"}
 
 
+def structural_validation(art: Path, manifest, precision: str) -> dict:
+    """Validation where Core ML cannot run (off macOS): the structural check, and what it covered."""
+    structural_check(Path(art) / manifest.model_file, [vars(t) for t in manifest.inputs],
+                     [vars(t) for t in manifest.outputs], precision)
+    return {"checked": ["spec loads", "IO names/shapes/dtypes match manifest", "weight precision"]}
+
+
 def structural_check(pkg: Path, ins: list[dict], outs: list[dict], precision: str, fill_shapes=False) -> list[dict]:
-    """What Linux can check: the spec loads, IO names/shapes/dtypes, and the weights' precision."""
+    """What Linux can check: the spec loads, IO names/shapes/dtypes (the weights' precision: census)."""
     import coremltools as ct
 
     spec = ct.models.MLModel(str(pkg), skip_model_load=True).get_spec()
@@ -107,12 +142,7 @@ def structural_check(pkg: Path, ins: list[dict], outs: list[dict], precision: st
 
     compare(ins, spec.description.input, "input")
     compare(outs, spec.description.output, "output")
-    quant_ops = _weight_precision(spec)["constexpr_ops"]
-    if precision in QUANTIZED and not quant_ops:
-        problems.append(f"precision {precision} requested but no constexpr (quantized) weights found "
-                        f"(only tensors over {WEIGHT_THRESHOLD} elements are quantized)")
-    if precision not in QUANTIZED and quant_ops:
-        problems.append(f"precision {precision} requested but {quant_ops} quantized weight ops found")
+    # the weights' precision is counted from the graph for every format (runtime/census.py, pipeline)
     if problems:
         raise ValidationFailed(f"{pkg}: Core ML structural check failed: " + "; ".join(problems))
     return outs

@@ -10,7 +10,7 @@ supplies `build(float_layers, dst)` (quantize with those layers excluded) and th
 3. Keep the k most sensitive layers float, growing k geometrically, then bisecting, to the smallest
    k that meets the budget. All-float candidates still over budget → ValidationFailed (exit 5).
 
-The drop is pocketml's one accuracy number (profiler.metrics.accuracy_drop): 1 − top-1 agreement for
+The drop is pocketml's one accuracy number (runtime.metrics.accuracy_drop): 1 − top-1 agreement for
 classifiers, 1 − mean cosine for embeddings, against the fp32 model's outputs on the same data.
 """
 from __future__ import annotations
@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pocketml.profiler.metrics import DROP_DEFINITION, accuracy_drop, compare
+from pocketml.runtime.families import METRICS
+from pocketml.runtime.metrics import DROP_DEFINITION, accuracy_drop, compare
 from pocketml.runtime.errors import ValidationFailed
 
 
@@ -35,7 +36,7 @@ class Measure:
 
 def proxy_error(ref: np.ndarray, out: np.ndarray, metric: str) -> float:
     r, o = ref.reshape(len(ref), -1).astype(np.float64), out.reshape(len(out), -1).astype(np.float64)
-    if metric == "top1":
+    if METRICS[metric].classifier:
         lp = r - r.max(1, keepdims=True)
         lp -= np.log(np.exp(lp).sum(1, keepdims=True))
         lq = o - o.max(1, keepdims=True)

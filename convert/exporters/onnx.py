@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 
 from pocketml.runtime.errors import UnsupportedError, UsageError
+from pocketml.runtime.families import metric
 
-from . import ExportResult, method_for, observer_for
+from . import ExportResult, capability, observer_for
 from .errors import unsupported
 
 FORMAT = "onnx"
@@ -51,6 +52,41 @@ def _io(path: Path, spec) -> tuple[list[dict], list[dict]]:
     inits = {i.name for i in model.graph.initializer}
     return ([describe(v) for v in model.graph.input if v.name not in inits],
             [describe(v) for v in model.graph.output])
+
+
+def _strip(proto) -> int:
+    """Clear `metadata_props` and `doc_string` of one ONNX proto; how many entries were removed."""
+    n = len(proto.metadata_props) + bool(proto.doc_string)
+    del proto.metadata_props[:]
+    proto.doc_string = ""
+    return n
+
+
+def strip_build_metadata(path: Path) -> int:
+    """Remove what describes the build rather than the model from an ONNX file, in place: torch.onnx
+    writes every node's Python stack trace (absolute paths of the build machine), FX node text, class
+    hierarchy and name scopes as metadata_props, and the export program's signature on the graph.
+    Applied to every ONNX file pocketml publishes (all precisions), in graphs, subgraphs and functions;
+    nothing the runtime reads is touched. Returns the number of entries removed."""
+    import onnx
+    from onnx import AttributeProto
+
+    model = onnx.load(str(path), load_external_data=False)
+    removed = _strip(model)
+    bodies = [model.graph] + list(model.functions)
+    while bodies:
+        body = bodies.pop()
+        removed += _strip(body)
+        items = [x for group in ("input", "output", "value_info", "initializer") for x in getattr(body, group, [])]
+        items += [sparse.values for sparse in getattr(body, "sparse_initializer", [])]
+        removed += sum(_strip(x) for x in items if not isinstance(x, str))     # a function's IO are names
+        for node in body.node:
+            removed += _strip(node)
+            for a in node.attribute:
+                a.doc_string = ""
+                bodies += [a.g] if a.type == AttributeProto.GRAPH else list(a.graphs)
+    onnx.save(model, str(path))
+    return removed
 
 
 class _Reader:
@@ -175,7 +211,6 @@ QUANTIZABLE = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Gather", "Attention",
 # a layer kept float takes its activation with it (static QDQ would otherwise still round its output)
 ACTIVATIONS = ("Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "Tanh")
 # measurement data: top-1 agreement moves in steps of 1/n, so classifiers get more samples
-MIXED_SAMPLES = {"top1": 320, "cosine": 128, "max-abs": 128}
 
 
 def _layer_groups(graph, names: list[str]) -> dict[str, list[str]]:
@@ -211,7 +246,7 @@ def _mixed(spec, calib, base: Path, build, fixed: list, dst: Path, work: Path, m
     if calib is None or not calib.samples:
         raise UsageError(f"{spec.name}: --max-drop measures each layer's sensitivity on data: pass --calib DIR")
     names = [i["name"] for i in spec.inputs]
-    samples = calib.spread(MIXED_SAMPLES[spec.metric]).samples
+    samples = calib.spread(metric(spec.metric).mixed_samples).samples
 
     def evaluate(path):
         sess = _session(path)
@@ -238,7 +273,7 @@ def export(spec, precision: str, out_dir: Path, cache: dict, work: Path, calib=N
            log=print) -> ExportResult:
     base = _fp32(spec, cache, work)
     dst = out_dir / "model.onnx"
-    method = method_for(FORMAT, precision, spec.family)
+    cap = capability(FORMAT, precision, spec)
     notes, float_layers, mixed_report = [], [], None
     if precision == "fp32":
         shutil.copyfile(base, dst)
@@ -257,7 +292,7 @@ def export(spec, precision: str, out_dir: Path, cache: dict, work: Path, calib=N
         if not pre.exists():
             quant_pre_process(str(base), str(pre), skip_symbolic_shape=True)
             _rename_fusion_constants(pre)
-        if "static" in method:
+        if cap.static:
             if not calib:
                 raise UsageError(f"{spec.name}: static int8 needs calibration data (--calib DIR)")
             calib_used = calib.spread(CALIB_SAMPLES)
@@ -281,11 +316,13 @@ def export(spec, precision: str, out_dir: Path, cache: dict, work: Path, calib=N
         if not int4_weights(base, dst):
             raise UnsupportedError(f"{spec.name}: onnx int4 found no MatMul with constant weights or embedding "
                                    "table to quantize (MatMulNBits / GatherBlockQuantized)")
+    notes.append(f"{strip_build_metadata(dst)} build-machine metadata entries removed (exporter stack traces "
+                 "with local paths, FX node text, doc strings): the same model gives the same bytes anywhere")
     ins, outs = _io(dst, spec)
-    quant = {"method": method}
+    quant = {"method": cap.method}
     if mixed_report:
         quant["mixed_precision"] = mixed_report
-    if calib and precision == "int8" and "static" in method:
+    if calib and precision == "int8" and cap.static:
         quant["calibration"] = {"samples": len(calib_used), "source": calib_used.source,
                                 "observer": ": ".join(observer), "bias_correction": True,
                                 "float_layers": float_layers}

@@ -16,7 +16,7 @@ import numpy as np
 from pocketml.runtime.data import to_layout
 from pocketml.runtime.errors import UnsupportedError, UsageError
 
-from . import ExportResult, method_for, observer_for
+from . import ExportResult, capability, observer_for
 from .tflite_graph import fold_same_pads
 from .errors import unsupported
 
@@ -133,9 +133,9 @@ def _static_int8(spec, calib, dst: Path, observer: str) -> int:
 
 
 def _io(path: Path, spec) -> tuple[list[dict], list[dict]]:
-    from pocketml.runtime.session import _tflite_interpreter
+    from pocketml.runtime.session import tflite_interpreter
 
-    it = _tflite_interpreter()(model_path=str(path))
+    it = tflite_interpreter()(model_path=str(path))
     layout = "NHWC" if _channel_last(spec) else None
 
     def describe(d, name, lay):
@@ -154,9 +154,9 @@ def _io(path: Path, spec) -> tuple[list[dict], list[dict]]:
 def export(spec, precision: str, out_dir: Path, cache: dict, work: Path, calib=None, options=None,
            log=print) -> ExportResult:
     dst = out_dir / "model.tflite"
-    method = method_for(FORMAT, precision, spec.family)
+    cap = capability(FORMAT, precision, spec)
     notes = []
-    if precision == "int8" and "static" in method:
+    if precision == "int8" and cap.static:
         if not calib:
             raise UsageError(f"{spec.name}: static int8 needs calibration data (--calib DIR)")
         calib = calib.spread(PT2E_SAMPLES)
@@ -172,8 +172,8 @@ def export(spec, precision: str, out_dir: Path, cache: dict, work: Path, calib=N
         else:
             _aeq(base, dst, precision)
     ins, outs = _io(dst, spec)
-    quant = {"method": method}
-    if precision == "int8" and "static" in method:
+    quant = {"method": cap.method}
+    if precision == "int8" and cap.static:
         quant["calibration"] = {"samples": len(calib), "source": calib.source,
                                 "observer": ": ".join(observer) + "; weights per-channel min-max",
                                 "bias_correction": float_leading > 0, "float_leading_convs": float_leading}

@@ -10,6 +10,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
+from pocketml.runtime import formats
 from pocketml.runtime.errors import UsageError
 
 from .band import FLAG_SHARE, band, time_shares
@@ -29,8 +30,6 @@ NOTES = {
     "uncalibrated": "uncalibrated op categories: {cats} of the estimate (no calibration row spends time "
                     "there); band widened to x{lo:.2f}-x{hi:.2f}",
 }
-# Artifact format -> the CPU runtime a device profile must list for the artifact to run there.
-CPU_RUNTIME = {"tflite": "litert-cpu-xnnpack", "onnx": "onnxruntime-cpu", "coreml": "coreml-cpu"}
 
 
 @lru_cache(maxsize=4)
@@ -55,7 +54,7 @@ def _notes(cost: GraphCost, dev: dict, profile: dict, fitted: dict, threads: int
         out.append(NOTES["family"].format(family=dev["family"], core=lead["arm_core"]))
     if any(dev["exec"][o.precision] == "fp16" for o in cost.live()):
         out.append(NOTES["fp16"])
-    if cost.format != "tflite":
+    if not formats.get(cost.format).estimate_calibrated:
         out.append(NOTES["format"].format(fmt=cost.format))
     tied = sorted({o.category for o in cost.live()
                    if o.category in ("attention", "reshape", "other") and o.macs + o.bytes})
@@ -69,7 +68,8 @@ def _notes(cost: GraphCost, dev: dict, profile: dict, fitted: dict, threads: int
 
 
 def _runs_on(fmt: str, profile: dict) -> bool:
-    return CPU_RUNTIME.get(fmt) in profile.get("runtimes", {}).get("available", [])
+    """The device profile lists the CPU runtime the format runs with (format registry: `device_runtime`)."""
+    return formats.get(fmt).device_runtime in profile.get("runtimes", {}).get("available", [])
 
 
 def _breakdown(cost: GraphCost, times) -> dict:
@@ -83,13 +83,11 @@ def _breakdown(cost: GraphCost, times) -> dict:
 
 
 def _artifact_precision(artifact, cost: GraphCost) -> str:
-    mf = Path(artifact) / "manifest.json"
-    if mf.is_file():
-        try:
-            return json.loads(mf.read_text(encoding="utf-8")).get("precision", cost.precision)
-        except (OSError, ValueError):
-            pass
-    return cost.precision
+    """The manifest's precision (read through the validator); a bare file's is the graph's."""
+    from pocketml.runtime.manifest import read_manifest
+    from pocketml.runtime.model_file import artifact_dir_of
+    art = artifact_dir_of(Path(artifact))
+    return read_manifest(art).precision if art is not None else cost.precision
 
 
 def estimate(artifact_path, device_profile_dict: dict, threads: int = 1, *, cost: GraphCost | None = None,

@@ -1,8 +1,8 @@
 """Fit the device model's free parameters on the calibration rows; validate leave-one-device-out.
 
     python -m pocketml.profiler.estimate.fit               # fit, validate, write data/fitted.json
-    python -m pocketml.profiler.estimate.fit --build-costs # (needs torch + litert-torch) rebuild
-                                                           # data/costs.json.gz from zoo.py
+    python -m pocketml.convert.calibration_zoo             # (needs torch + litert-torch) rebuild
+                                                           # data/costs.json.gz (convert/calibration_zoo.py)
 
 Only rows with role=fit enter the fit; role=holdout rows are predicted, never fitted, and set
 the band width with the fit rows' leave-one-device-out residuals; role=check rows (published
@@ -260,15 +260,7 @@ def print_report(res: dict) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pocketml.profiler.estimate.fit")
-    ap.add_argument("--build-costs", action="store_true", help="rebuild data/costs.json.gz (needs torch)")
-    ap.add_argument("--only", nargs="*", help="with --build-costs: only these model|precision keys")
-    ap.add_argument("--shard", default="0/1", help="with --build-costs: I/N, convert every N-th key")
-    args = ap.parse_args(argv)
-    if args.build_costs:
-        from .zoo import build_costs
-        i, n = (int(x) for x in args.shard.split("/"))
-        build_costs(sorted({f"{r['model']}|{r['precision']}" for r in load_rows()}), args.only, i, n)
-        return 0
+    ap.parse_args(argv)      # cost tables are rebuilt by `python -m pocketml.convert.calibration_zoo` (torch)
     res = run()
     print_report(res)
     return 0

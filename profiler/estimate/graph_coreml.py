@@ -7,48 +7,15 @@ then computes in the activation precision (fp16), while its weight bytes are int
 """
 from __future__ import annotations
 
-import importlib
-import importlib.machinery
-import importlib.util
-import json
-import os
-import sys
 from pathlib import Path
 
+from pocketml.runtime.coreml_spec import proto, spec_file
 from pocketml.runtime.errors import UnsupportedError
-from pocketml.runtime.paths import contained_file
 
 from .graph_cost import FREE, OpCost, _conv_category, _nbytes, _prod, simple_op
 
 DTYPES = {1: "bool", 10: "fp16", 11: "fp32", 12: "fp64", 13: "fp16", 21: "int8", 22: "int16", 23: "int32",
           24: "int64", 25: "int4", 31: "uint8", 32: "uint16", 33: "uint32", 34: "uint64", 35: "int4"}
-_ALIAS = "_pocketml_coreml_proto"
-
-
-def _proto():
-    """coremltools' generated Model_pb2, without importing the coremltools package."""
-    if "coremltools.proto.Model_pb2" in sys.modules:
-        return sys.modules["coremltools.proto.Model_pb2"]
-    if _ALIAS not in sys.modules:
-        spec = importlib.util.find_spec("coremltools")
-        if spec is None or not spec.submodule_search_locations:
-            from pocketml.runtime.errors import EnvironmentMissing
-            raise EnvironmentMissing("estimating Core ML artifacts needs coremltools (its protobuf schema): "
-                                     "pip install 'pocketml[convert]'", module="coremltools")
-        pkg = importlib.machinery.ModuleSpec(_ALIAS, None, is_package=True)
-        pkg.submodule_search_locations = [os.path.join(spec.submodule_search_locations[0], "proto")]
-        sys.modules[_ALIAS] = importlib.util.module_from_spec(pkg)
-    return importlib.import_module(f"{_ALIAS}.Model_pb2")
-
-
-def _spec_file(path: Path) -> Path:
-    if path.is_file():
-        return path
-    manifest = json.loads(contained_file(path, "Manifest.json").read_text(encoding="utf-8"))
-    item = manifest["itemInfoEntries"][manifest["rootModelIdentifier"]]
-    return contained_file(path, "Data/" + item["path"])
-
-
 def _ttype(t):
     tt = t.tensorType
     dims = [d.constant.size if d.WhichOneof("dimension") == "constant" else 1 for d in tt.dimensions]
@@ -140,9 +107,9 @@ def _op_cost(b, k, op) -> OpCost:
     return cost
 
 
-def coreml_ops(path: Path):
-    model = _proto().Model()
-    model.ParseFromString(_spec_file(Path(path)).read_bytes())
+def coreml_ops(path: Path, manifest=None):
+    model = proto().Model()
+    model.ParseFromString(spec_file(Path(path)).read_bytes())
     if model.WhichOneof("Type") != "mlProgram":
         raise UnsupportedError(f"{path}: only Core ML ML Programs can be estimated "
                                f"(this is a {model.WhichOneof('Type')})")

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pocketml.runtime.errors import UnsupportedError, UsageError
+from pocketml.runtime.errors import UnsupportedError
 
 CATEGORIES = ("conv1x1", "convkxk", "depthwise", "fc", "attention", "elementwise", "pooling",
               "reshape", "other")
@@ -160,36 +160,24 @@ def mark_fusions(ops: list[OpCost]) -> None:
 
 
 def load(artifact: str | Path):
-    """Resolve an artifact directory (with manifest) or a bare model file to (path, format, manifest)."""
-    path = Path(artifact)
-    manifest = None
-    if path.is_dir() and (path / "manifest.json").is_file():
-        from pocketml.runtime.manifest import read_manifest
-        from pocketml.runtime.paths import contained_file
-        manifest = read_manifest(path)
-        fmt = manifest.format
-        path = contained_file(path, manifest.model_file)
-    elif path.suffix in (".onnx", ".tflite", ".mlpackage", ".mlmodel") and path.exists():
-        fmt = {".onnx": "onnx", ".tflite": "tflite"}.get(path.suffix, "coreml")
-    else:
-        raise UsageError(f"{artifact}: not a pocketml artifact directory nor a .onnx/.tflite/.mlpackage file")
-    return path, fmt, manifest
+    """(model path, format, manifest or None) of an artifact or a bare model file, through the gate every
+    model file passes before a parser reads it: checksums verified (artifacts), path and pre-checks
+    (`runtime.model_file.checked_model`)."""
+    from pocketml.runtime.model_file import checked_model
+    checked = checked_model(artifact)
+    return checked.path, checked.format, checked.manifest
 
 
 def graph_cost(artifact: str | Path) -> GraphCost:
-    """Cost table of the artifact's main graph."""
+    """Cost table of the artifact's main graph (the format registry names each format's reader). A
+    library's error on the file is a refusal naming it (runtime/parsing.py)."""
+    from pocketml.runtime import formats
+    from pocketml.runtime.parsing import reading
     path, fmt, manifest = load(artifact)
-    if fmt == "onnx":
-        from .graph_onnx import onnx_ops
-        ops, notes = onnx_ops(path, manifest)
-    elif fmt == "tflite":
-        from .graph_tflite import tflite_ops
-        ops, notes = tflite_ops(path)
-    elif fmt == "coreml":
-        from .graph_coreml import coreml_ops
-        ops, notes = coreml_ops(path)
-    else:
+    if fmt not in formats.REGISTRY:
         raise UnsupportedError(f"{artifact}: no cost model for format {fmt!r}")
+    with reading(path, f"the {formats.get(fmt).title} graph"):
+        ops, notes = formats.get(fmt).read_graph(path, manifest)
     mark_fusions(ops)
     return GraphCost(fmt, ops, notes)
 

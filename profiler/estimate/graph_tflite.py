@@ -133,7 +133,7 @@ def _op_cost(g, k, op):
     return cost
 
 
-def tflite_ops(path: Path):
+def tflite_ops(path: Path, manifest=None):
     data = Path(path).read_bytes()
     g = _Graph(data)
     notes = []

@@ -86,8 +86,10 @@ def test_hard_linked_external_file(arts, tmp_path):
 
 @pytest.mark.parametrize("offset, length, reason", [
     ("8", "16", "exceeds file size 16"),
-    ("0", "99999999999999999999999", "non-integer offset/length"),
-    ("-1", "16", "non-integer offset/length"),
+    ("0", "99999999999999999999999", r"out-of-range length \(23 digits"),
+    ("-1", "16", r"negative offset \(-1\)"),
+    ("0", "-16", r"negative length \(-16\)"),
+    ("0x8", "16", "non-integer offset"),
     ("0", "8", "declares 16 bytes but its external data has 8"),
 ])
 def test_external_range_is_bounded(tmp_path, offset, length, reason):

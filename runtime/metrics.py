@@ -1,4 +1,5 @@
-"""Accuracy of an artifact's outputs against reference outputs. Pure numpy.
+"""Accuracy of an artifact's outputs against reference outputs. Pure numpy, torch-free: the converter's
+validation and the profiler both use it.
 
 `compare(ref, out, metric)` returns plain floats:
   max_abs, mean_abs, sqnr_db, nan_count                  for any output
@@ -9,6 +10,8 @@
 from __future__ import annotations
 
 import numpy as np
+
+from .families import METRICS
 
 
 def _flat(batch: list[np.ndarray]) -> np.ndarray:
@@ -32,7 +35,7 @@ def compare(ref: list[np.ndarray], out: list[np.ndarray], metric: str) -> dict:
         "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()), "nan_count": nan,
         "collapsed": bool(r.shape[0] > 1 and np.ptp(o_safe, axis=0).max() == 0 and np.ptp(r, axis=0).max() > 0),
     }
-    if metric == "top1":
+    if METRICS[metric].classifier:
         r1, o1 = r.argmax(1), o_safe.argmax(1)
         k = min(5, r.shape[1])
         r5, o5 = np.argsort(-r, 1)[:, :k], np.argsort(-o_safe, 1)[:, :k]
@@ -42,18 +45,8 @@ def compare(ref: list[np.ndarray], out: list[np.ndarray], metric: str) -> dict:
 
 
 def accuracy_drop(stats: dict, metric: str) -> float:
-    """The one number a budget is judged on: 1 − top-1 agreement (classifiers) or 1 − mean cosine."""
-    if "error" in stats:
-        return 1.0
-    if metric == "top1":
-        return 1.0 - stats["top1_agreement"]
-    if metric == "cosine":
-        return 1.0 - stats["cosine_mean"]
-    return 1.0 - stats["cosine_mean"]
+    """The one number a budget is judged on (families.Metric.drop): 1 − top-1 agreement (classifiers) or 1 − mean cosine."""
+    return METRICS[metric].drop(stats)
 
 
-DROP_DEFINITION = {
-    "top1": "1 − top-1 agreement with the fp32 reference's predictions",
-    "cosine": "1 − mean cosine similarity to the fp32 reference's embeddings",
-    "max-abs": "1 − mean cosine similarity to the fp32 reference's outputs",
-}
+DROP_DEFINITION = {name: m.drop_definition for name, m in METRICS.items()}

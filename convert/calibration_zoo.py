@@ -1,4 +1,6 @@
-"""Random-weight torch builds of the published calibration architectures (fit-time only: needs torch).
+"""Random-weight torch builds of the published calibration architectures (fit-time only: needs torch,
+so it lives in pocketml.convert, not in the torch-free estimator). `python -m pocketml.convert.calibration_zoo`
+rebuilds profiler/estimate/data/costs.json.gz.
 
 Layer tables follow the reference definitions: MobileNet V1 (tensorflow/models slim
 mobilenet_v1.py), V2 / V3 (slim mobilenet/mobilenet_v2.py, mobilenet_v3.py), MnasNet-A1
@@ -250,15 +252,15 @@ def int8_of(fp32: dict) -> dict:
     """The int8 graph of a published fully-quantized model: the fp32 graph with every op int8 and
     1-byte tensors. (A PT2E-quantized litert-torch export of the same torch module carries extra
     TRANSPOSE / PAD / QUANTIZE ops and fp32 adds that the TF-converted published models do not.)"""
-    from .device_model import PRECISIONS
+    from pocketml.profiler.estimate.device_model import PRECISIONS
     int8 = PRECISIONS.index("int8")
     return {**fp32, "derived": "int8 from fp32 graph",
             "ops": [[c, int8, m, f, b / 4.0] for c, _, m, f, b in fp32["ops"]]}
 
 
 def compact(cost) -> dict:
-    from .device_model import PRECISIONS
-    from .graph_cost import CATEGORIES
+    from pocketml.profiler.estimate.device_model import PRECISIONS
+    from pocketml.profiler.estimate.graph_cost import CATEGORIES
     live = cost.live()
     return {"format": cost.format, "macs": sum(o.macs for o in live),
             "ops": [[CATEGORIES.index(o.category), PRECISIONS.index(o.precision), o.macs, o.flops, o.bytes]
@@ -273,8 +275,8 @@ def build_costs(keys, only=None, shard=0, nshard=1) -> None:
     import os
     import tempfile
 
-    from .fit import COSTS
-    from .graph_cost import graph_cost
+    from pocketml.profiler.estimate.fit import COSTS
+    from pocketml.profiler.estimate.graph_cost import graph_cost
     os.makedirs(CACHE, exist_ok=True)
     cached = lambda key: os.path.join(CACHE, key.replace("|", "__") + ".json")   # noqa: E731
     names = sorted({k.split("|")[0] for k in keys if only is None or k in only})[shard::nshard]
@@ -301,3 +303,21 @@ def build_costs(keys, only=None, shard=0, nshard=1) -> None:
     with gzip.open(COSTS, "wt", encoding="utf-8") as fh:
         json.dump(merged, fh, separators=(",", ":"))
     print(f"{len(merged)}/{len(keys)} cost tables in {COSTS}")
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    from pocketml.profiler.estimate.fit import load_rows
+    ap = argparse.ArgumentParser(prog="python -m pocketml.convert.calibration_zoo",
+                                 description="Rebuild the estimator's cost tables (needs torch + litert-torch).")
+    ap.add_argument("--only", nargs="*", help="only these model|precision keys")
+    ap.add_argument("--shard", default="0/1", help="I/N: convert every N-th key")
+    args = ap.parse_args(argv)
+    i, n = (int(x) for x in args.shard.split("/"))
+    build_costs(sorted({f"{r['model']}|{r['precision']}" for r in load_rows()}), args.only, i, n)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""One module per `pocketml` command: options and output only; the work lives in convert/, profiler/, runtime/."""
