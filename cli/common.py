@@ -14,14 +14,50 @@ def csv(value: str | None) -> list[str] | None:
 
 
 def ms(value: str | None) -> float | None:
-    """'100ms' / '100' → 100.0 (milliseconds)."""
+    """'100ms' / '100' → 100.0; '1s' → 1000.0 (milliseconds)."""
     if value is None:
         return None
-    v = value.strip().lower().removesuffix("ms")
+    v, scale = value.strip().lower(), 1.0
+    if v.endswith("ms"):
+        v = v[:-2]
+    elif v.endswith("s"):
+        v, scale = v[:-1], 1000.0
+    return _number(v, value, "milliseconds, e.g. 100ms (or seconds, e.g. 1s)") * scale
+
+
+def megabytes(value: str | None) -> float | None:
+    """'400' / '400MB' → 400.0; '1.5GB' → 1500.0 (MB, 10^6 bytes)."""
+    if value is None:
+        return None
+    v, scale = value.strip().lower(), 1.0
+    if v.endswith("gb"):
+        v, scale = v[:-2], 1000.0
+    elif v.endswith("mb"):
+        v = v[:-2]
+    return _number(v, value, "megabytes, e.g. 400MB or 1GB") * scale
+
+
+def tokens_per_s(value: str | None) -> float | None:
+    """'15tok/s' / '15' → 15.0 (tokens per second)."""
+    if value is None:
+        return None
+    v = value.strip().lower()
+    for unit in ("tokens/s", "tok/s", "t/s"):
+        if v.endswith(unit):
+            v = v[:-len(unit)]
+            break
+    return _number(v, value, "tokens per second, e.g. 15tok/s")
+
+
+def _number(text: str, given: str, expected: str) -> float:
+    """A finite number ≥ 0 (after its unit was taken off), else a usage error naming what was expected."""
     try:
-        return float(v)
+        x = float(text.strip())
     except ValueError:
-        raise click.BadParameter(f"{value!r}: expected milliseconds, e.g. 100ms") from None
+        x = float("nan")
+    if not (x >= 0 and x != float("inf")):
+        raise click.BadParameter(f"{given!r}: expected {expected}")
+    return x
 
 
 def fraction(value: str | None) -> float | None:

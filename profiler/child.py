@@ -114,6 +114,9 @@ def profile(args: dict) -> dict:
     art, manifest, verify_ms = open_artifact(args)
     if args.get("reference_dir"):      # the reference set is input too: verified like an artifact
         verify_reference(args["reference_dir"], verify_files)
+    if is_generative(manifest):        # a language model: its own measurements (profiler/lm_child.py)
+        from .lm_child import profile_lm
+        return profile_lm(args, art, manifest, verify_ms)
     formats.get(manifest.format).warm_runtime()
     layouts = args.get("layouts") or [None] * len(manifest.inputs)
     samples = timing_samples(args, manifest)               # before the baseline: data is not the session's
@@ -157,6 +160,13 @@ def profile(args: dict) -> dict:
     if args.get("graph_cost"):         # the estimator's graph reading, here in the sandbox too
         result.update(graph_cost_or_error(args))
     return result
+
+
+def is_generative(manifest) -> bool:
+    """The family registry says whether the manifest's task generates text."""
+    from pocketml.runtime.families import for_task
+    family = for_task(manifest.task) if manifest.task else None
+    return bool(family and family.generative)
 
 
 def open_artifact(args: dict):

@@ -17,6 +17,9 @@ REQUIRED = {
     "runtimes.available": list, "targets.p90_latency_ms": NUM, "targets.max_accuracy_drop": NUM,
     "targets.max_size_mb": NUM, "targets.max_memory_mb": NUM,
 }
+# optional [targets] for language models (profiler/lm.py); checked when present
+OPTIONAL_TARGETS = {"min_decode_tokens_per_s": NUM, "max_ttft_ms": NUM, "ttft_prompt_tokens": int,
+                    "max_lm_memory_mb": NUM, "lm_context_tokens": int, "max_perplexity_increase": NUM}
 CLUSTER = {"core": str, "arm_core": str, "count": int, "max_clock_ghz": NUM, "simd_width_bits": int,
            "fp32_fma_per_cycle": NUM, "fp16_arith": bool, "int8_dot": bool, "i8mm": bool}
 
@@ -60,7 +63,18 @@ def check(profile: dict, where: str) -> dict:
     for key in ("p90_latency_ms", "max_size_mb", "max_memory_mb"):
         if profile["targets"][key] <= 0:
             raise UsageError(f"{where}: field 'targets.{key}' must be > 0")
+    check_optional_targets(profile["targets"], where)
     return profile
+
+
+def check_optional_targets(targets: dict, where: str) -> None:
+    for key, types in OPTIONAL_TARGETS.items():
+        if key not in targets:
+            continue
+        value = targets[key]
+        if not isinstance(value, types) or isinstance(value, bool) or not value > 0 or value == float("inf"):
+            raise UsageError(f"{where}: field 'targets.{key}' is {type(value).__name__} {value!r}, expected "
+                             f"{'an integer' if types is int else 'a finite number'} > 0", field=f"targets.{key}")
 
 
 def load(name_or_path: str) -> dict:

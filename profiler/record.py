@@ -23,8 +23,8 @@ def record(report: dict) -> list[Path]:
     threads, cpu = report["settings"]["threads"], report["host"]["cpu"]
     written = []
     for row in report["artifacts"]:
-        if row.get("status") != "measured" or row.get("manifest"):    # a bare file has no manifest to record in
-            continue
+        if row.get("status") != "measured" or row.get("manifest") or "latency_ms" not in row:
+            continue            # a bare file has no manifest to record in; a language model's speed is not recorded yet
         art = Path(row["artifact"])
         manifest = read_manifest(art)
         hints = manifest.runtime_hints

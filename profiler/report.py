@@ -10,6 +10,8 @@ from pocketml.runtime.atomic import ensure_writable_dir, write_file_atomic
 from pocketml.runtime.errors import PocketmlError, UsageError
 from pocketml.runtime.paths import open_regular, output_dir
 
+from . import lm_report
+
 COLUMNS = ("artifact", "host p50 ms", "host p90 ms", "cv", "load ms", "1st ms", "mem MB", "size MB", "accuracy",
            "device est. ms [band]", "verdict")
 WORD = {True: "pass", False: "**FAIL**", None: "**UNCERTAIN**"}
@@ -54,7 +56,18 @@ def cells(row: dict) -> list[str]:
             _acc(row), _est(row), row["verdict"]["result"]]
 
 
+def tensor_rows(report: dict) -> list[dict]:
+    return [r for r in report["artifacts"] if not lm_report.is_lm_row(r)]
+
+
 def header_lines(report: dict) -> list[str]:
+    lm_lines = lm_report.header_lines(report) if lm_report.rows(report) else []
+    if lm_lines and not tensor_rows(report):
+        return lm_lines
+    return _tensor_header_lines(report) + lm_lines
+
+
+def _tensor_header_lines(report: dict) -> list[str]:
     s = report["settings"]
     lines = [f"Latency: measured on this host ({report['host']['cpu']}), {s['threads']} thread(s), "
              f"{s['warmup']} warm-up + {s['runs']} timed runs per artifact, each artifact in its own process."]
@@ -67,7 +80,7 @@ def header_lines(report: dict) -> list[str]:
                  + (f", memory ≤ {t['max_memory_mb']:g} MB" if t.get("max_memory_mb") else ""))
     lines += [f"{r['name']}: manifest {r['manifest']}; inputs: {r.get('inputs', '-')}"
               for r in report["artifacts"] if r.get("manifest")]
-    refs = sorted({r["accuracy_reference"] for r in report["artifacts"] if r.get("accuracy_reference")})
+    refs = sorted({r["accuracy_reference"] for r in tensor_rows(report) if r.get("accuracy_reference")})
     lines += [f"Accuracy reference: {r}" for r in refs]
     return lines
 
@@ -77,16 +90,16 @@ def print_table(report: dict, console=None) -> None:
     from rich.table import Table
 
     console = console or make_console()
-    table = Table(title=f"pocketml profile — overall {report['overall']}", show_lines=False)
-    for c in COLUMNS:
-        table.add_column(c, justify="left" if c in ("artifact", "accuracy") else "right")
-    style = {"PASS": "green", "FAIL": "red", "ERROR": "red", "NOT MEASURED": "yellow", "UNCERTAIN": "yellow"}
-    for row in report["artifacts"]:
-        c = cells(row)
-        c[-1] = f"[{style.get(c[-1], '')}]{c[-1]}[/]"
-        table.add_row(*c)
-    console.print(table)
-    for line in header_lines(report):
+    if tensor_rows(report) or not lm_report.rows(report):
+        table = Table(title=f"pocketml profile — overall {report['overall']}", show_lines=False)
+        for c in COLUMNS:
+            table.add_column(c, justify="left" if c in ("artifact", "accuracy") else "right")
+        for row in tensor_rows(report):
+            table.add_row(*styled(cells(row)))
+        console.print(table)
+    if lm_report.rows(report):
+        lm_report.print_table(report, console, label)
+    for line in header_lines(report) + lm_report.depth_lines(report, label):
         console.print(line, highlight=False, soft_wrap=True)
     emulated = [r for r in report["artifacts"] if r.get("emulated")]
     if emulated:
@@ -103,11 +116,19 @@ def print_table(report: dict, console=None) -> None:
                           f"{c['name']} {_versus(c)} ({c['basis']})", highlight=False)
 
 
+STYLE = {"PASS": "green", "FAIL": "red", "ERROR": "red", "NOT MEASURED": "yellow", "UNCERTAIN": "yellow"}
+
+
+def styled(cells: list[str]) -> list[str]:
+    """The verdict cell coloured for the terminal."""
+    return [*cells[:-1], f"[{STYLE.get(cells[-1], '')}]{cells[-1]}[/]"]
+
+
 def _versus(c: dict) -> str:
     """'value > limit' for a miss; for a band that crosses the limit, the band itself."""
     if c["pass"] is None and "low" in c:
         return f"{c['value']:.4g}, band {c['low']:.4g}–{c['high']:.4g} crosses {c['limit']:g}"
-    return f"{c['value']:.4g} > {c['limit']:g}"
+    return f"{c['value']:.4g} {'<' if c.get('op') == '>=' else '>'} {c['limit']:g}"
 
 
 def make_console():
@@ -120,8 +141,11 @@ def make_console():
 def markdown(report: dict) -> str:
     out = [f"# pocketml profile report — overall **{report['overall']}**", ""]
     out += [f"- {line}" for line in header_lines(report)]
-    out += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    out += ["| " + " | ".join(cells(r)) + " |" for r in report["artifacts"]]
+    if tensor_rows(report) or not lm_report.rows(report):
+        out += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+        out += ["| " + " | ".join(cells(r)) + " |" for r in tensor_rows(report)]
+    if lm_report.rows(report):
+        out += lm_report.markdown(report, label)
     emulated = [r for r in report["artifacts"] if r.get("emulated")]
     if emulated:
         out += ["", "## Latency on the device, two ways", "",
@@ -131,8 +155,9 @@ def markdown(report: dict) -> str:
     out += ["", "## Checks", ""]
     for r in report["artifacts"]:
         for c in r["verdict"]["checks"]:
+            bound = "floor" if c.get("op") == ">=" else "limit"
             out.append(f"- {label(r)}: {c['name']} = {c['value']:.4g} "
-                       f"(limit {c['limit']:g}) → {WORD[c['pass']]} — {c['basis']}")
+                       f"({bound} {c['limit']:g}) → {WORD[c['pass']]} — {c['basis']}")
         if r.get("status") != "measured":
             out.append(f"- {label(r)}: {r.get('status')} — "
                        f"{r.get('reason') or r.get('error', {}).get('message', '')}")

@@ -17,6 +17,7 @@ from pocketml.runtime.errors import EnvironmentMissing, UsageError
 from pocketml.runtime.manifest import Manifest, read_manifest
 
 from . import devices, host, verdict
+from . import lm as lm_rows
 
 REPORT_SCHEMA = "pocketml.report/1"
 CHILD_TIMEOUT_S = 600
@@ -186,11 +187,12 @@ class RunSettings:
     reference: str | None = None          # the user's reference outputs for --data (.npz / .npy)
     graph_cost: bool = False              # the child also reads the graph for the estimator (--device)
     user_refs: dict = field(default_factory=dict)
+    lm: lm_rows.LMSettings = field(default_factory=lm_rows.LMSettings)   # language models' lengths
 
 
 def profile(paths, device: str | None = None, data: str | None = None, threads: int = 1, warmup: int = 10,
             runs: int = 50, overrides: dict | None = None, timeout: float = CHILD_TIMEOUT_S,
-            reference: str | None = None) -> dict:
+            reference: str | None = None, lm: lm_rows.LMSettings | None = None) -> dict:
     from pocketml.runtime.model_file import bare_format
 
     from .bare import profile_bare
@@ -202,19 +204,35 @@ def profile(paths, device: str | None = None, data: str | None = None, threads: 
     targets = verdict.targets(prof, overrides or {})
     timeout = child_timeout(timeout)
     child_memory_mb()                      # a bad $POCKETML_CHILD_MEMORY_MB is a usage error up front
+    lm = (lm or lm_rows.LMSettings()).resolved(targets)
+    found = discover(paths)
+    check_lm_lengths(found, lm)            # a prompt beyond a model's context: exit 2 before anything runs
     rows = []
     with tempfile.TemporaryDirectory(prefix="pocketml-profile-") as tmpdir:
-        s = RunSettings(threads, warmup, runs, timeout, Path(tmpdir), data, reference, graph_cost=bool(prof))
-        for art, explicit in discover(paths):
+        s = RunSettings(threads, warmup, runs, timeout, Path(tmpdir), data, reference, graph_cost=bool(prof), lm=lm)
+        for art, explicit in found:
             rows.append(profile_bare(art, s) if bare_format(art) else profile_one(art, explicit, s))
     for row in rows:
-        if prof and row.get("status") != "error":     # a refused artifact gets no estimate
+        if prof and lm_rows.is_lm_row(row):
+            row["estimate"] = {"error": lm_rows.NOT_ESTIMATED}
+        elif prof and row.get("status") != "error":     # a refused artifact gets no estimate
             add_estimate(row, prof, threads, timeout)
         row["verdict"] = verdict.judge(row, targets, prof)
     return {"schema": REPORT_SCHEMA, "host": host.info(), "device": device_block(prof),
             "settings": {"threads": threads, "warmup": warmup, "runs": runs, "data": data,
-                         **({"reference": reference} if reference else {})},
+                         **({"reference": reference} if reference else {}),
+                         **({"lm": {**lm_rows.child_args(lm), "label": lm.label()}}
+                            if any(lm_rows.is_lm_row(r) for r in rows) else {})},
             "targets": targets, "artifacts": rows, "overall": verdict.overall(rows)}
+
+
+def check_lm_lengths(found, lm: lm_rows.LMSettings) -> None:
+    from pocketml.runtime.model_file import bare_format
+    for art, _ in found:
+        if not bare_format(art):
+            manifest = read_manifest(art)
+            if lm_rows.is_lm(manifest):
+                lm_rows.check_lengths(art, manifest, lm)
 
 
 def device_block(prof) -> dict | None:
@@ -285,7 +303,8 @@ def profile_one(art, explicit, s: RunSettings) -> dict:
     manifest = read_manifest(art)
     row = {"artifact": str(art), "name": manifest.name, "format": manifest.format, "precision": manifest.precision,
            "quantization": manifest.quantization.get("method"), "size_mb": artifact_size_mb(art, manifest),
-           "metric": manifest.metric, "validation": manifest.validation.get("status")}
+           "metric": manifest.metric, "validation": manifest.validation.get("status"),
+           **(lm_rows.row_fields(manifest) if lm_rows.is_lm(manifest) else {})}
     if (why := formats.get(manifest.format).host_support()) is not None:
         if explicit:
             raise EnvironmentMissing(f"{art}: cannot be profiled here: {why}", needs=formats.get(manifest.format).needs_os)
@@ -293,6 +312,8 @@ def profile_one(art, explicit, s: RunSettings) -> dict:
         row["reason"] = f"{why}; measured nothing on this host"
         return row
     ref = reference_for(art)
+    if lm_rows.is_lm_row(row):
+        return profile_lm(row, art, ref, s)
     args = {"artifact": str(art), "threads": s.threads, "warmup": s.warmup, "runs": s.runs, "metric": manifest.metric}
     if s.data:
         key = str(art.parent)
@@ -313,6 +334,20 @@ def profile_one(art, explicit, s: RunSettings) -> dict:
         row["accuracy_reference"] = f"{meta['reference']} on {meta['data']}"
     else:
         raise UsageError(f"{art}: no reference/ data beside it; pass --data DIR to profile on your own inputs")
+    return measure(row, args, s)
+
+
+def profile_lm(row: dict, art: Path, ref: Path | None, s: RunSettings) -> dict:
+    """A language model: measured on its reference set's token ids (profiler/lm_child.py)."""
+    if s.data:
+        raise UsageError(f"{art}: --data is for tensor models; a language model is measured on the token ids "
+                         "of the reference/ set written by convert")
+    if ref is None:
+        raise UsageError(f"{art}: no reference/ set beside it (convert writes one): it holds the prompt tokens "
+                         "and the fp32 reference's scores")
+    meta = reference_meta(ref)
+    row.update(lengths=lm_rows.child_args(s.lm), accuracy_reference=lm_rows.accuracy_reference(meta))
+    args = {"artifact": str(art), "threads": s.threads, "reference_dir": str(ref), **lm_rows.child_args(s.lm)}
     return measure(row, args, s)
 
 

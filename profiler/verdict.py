@@ -10,15 +10,19 @@ def targets(profile: dict | None, overrides: dict) -> dict:
     t = dict(DEFAULTS)
     if profile:
         t.update({k: profile["targets"][k] for k in DEFAULTS if k in profile["targets"]})
-    t.update({k: v for k, v in overrides.items() if v is not None})
+    t.update({k: v for k, v in overrides.items() if v is not None and k in DEFAULTS})
     t["source"] = (f"device profile {profile['name']}" if profile else "pocketml defaults") + \
-        (" with command-line overrides" if any(v is not None for v in overrides.values()) else "")
-    return t
+        (" with command-line overrides" if any(overrides.get(k) is not None for k in DEFAULTS) else "")
+    from .lm import targets as lm_targets       # language models' own targets (profiler/lm.py)
+    return {**t, **lm_targets(profile, overrides)}
 
 
 def judge(row: dict, t: dict, profile: dict | None) -> dict:
     if row.get("status") != "measured":
         return {"result": "NOT MEASURED" if row.get("status") == "not measured" else "ERROR", "checks": []}
+    from . import lm
+    if lm.is_lm_row(row):
+        return _result(lm.judge(row, t, profile))
     est = row.get("estimate") or {}
     if profile and "latency_ms" in est:
         checks = [_band_check("p90 latency on device (ms)", est, t["p90_latency_ms"])]
@@ -34,6 +38,10 @@ def judge(row: dict, t: dict, profile: dict | None) -> dict:
     if t.get("max_memory_mb"):
         checks.append(_check("memory (MB)", row["peak_rss_added_mb"], t["max_memory_mb"],
                              "peak resident memory added by the session, on the host"))
+    return _result(checks)
+
+
+def _result(checks: list[dict]) -> dict:
     return {"result": RESULT[min(RANK[c["pass"]] for c in checks)], "checks": checks}
 
 
@@ -51,6 +59,11 @@ def _band_check(name: str, est: dict, limit: float) -> dict:
 
 def _check(name, value, limit, basis) -> dict:
     return {"name": name, "value": value, "limit": limit, "pass": bool(value <= limit), "basis": basis}
+
+
+def _min_check(name, value, limit, basis) -> dict:
+    """A floor (tokens/s): passes at or above `limit`."""
+    return {"name": name, "value": value, "limit": limit, "op": ">=", "pass": bool(value >= limit), "basis": basis}
 
 
 # The report's overall verdict → the command's exit code (docs/EXIT_CODES.md).

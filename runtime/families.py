@@ -123,7 +123,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            io="the factory's example tensors → its outputs", prune="channels"),
     Family("generic", "generic tensor model (factory)", kind="generic", metric="max-abs", tasks=("generic",),
            io="the factory's example tensors → its outputs"),
-    Family("causal-lm", "causal language model (text generation)", kind="decoder", metric="perplexity",
+    Family("causal-lm", "causal language model (text generation)", kind="lm-decoder", metric="perplexity",
            tasks=("text-generation",), generative=True,
            io="input_ids / attention_mask / position_ids [1, seq] int64 + per-layer KV cache "
               "[1, kv_heads, past, head_dim] in and out → logits [1, seq, vocab] float32",

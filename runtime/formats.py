@@ -176,16 +176,18 @@ ONNX = Format(
     runtime_module="onnxruntime", fp32_reference=True, mixed_precision=True,
     lm_exporter="pocketml.convert.llm.onnx_export:export_spec", lm_runtime="pocketml.runtime.lm.onnx_lm:load_dir",
     capabilities={
-        "fp32": {"decoder": Capability("none (decoder with the KV cache as inputs/outputs)"), ANY: NONE},
-        "fp16": {"decoder": Capability("fp16 weights, activations and KV cache (IO logits float32)",
+        "fp32": {"lm-decoder": Capability("none (decoder with the KV cache as inputs/outputs)"), ANY: NONE},
+        "fp16": {"lm-decoder": Capability("fp16 weights, activations and KV cache (IO logits float32)",
                                        fp16_activations=True),
                  ANY: Capability("fp16 weights and activations (IO kept float32)", fp16_activations=True)},
         "int8": {"cnn": Capability("static int8, per-channel weights, QDQ, calibrated", calibrated=True, static=True),
                  "transformer": Capability(_DYNAMIC_INT8),
-                 "decoder": Capability(_DYNAMIC_INT8 + "; embeddings float"),
+                 "lm-decoder": Capability("int8 weights in symmetric blocks of 32, activations quantized to int8 per "
+                                       "block at run time (MatMulNBits bits=8); embedding table int8 "
+                                       "(GatherBlockQuantized)"),
                  ANY: Capability("dynamic int8")},
-        "int8w": {"decoder": Capability("weight-only int8 in blocks of 32 (MatMulNBits bits=8); float compute",
-                                        weight_only=True),
+        "int8w": {"lm-decoder": refused("a decoder's ONNX int8 already stores int8 weights in blocks "
+                                     "(MatMulNBits bits=8): use --precision int8"),
                   ANY: Capability("weight-only int8 (per-channel weights stored int8, DequantizeLinear; float compute)",
                                   weight_only=True)},
         "int4": {"cnn": refused("onnxruntime has no int4 convolution kernel (MatMulNBits is MatMul only)"),
@@ -208,22 +210,23 @@ TFLITE = Format(
     device_runtime="litert-cpu-xnnpack",
     exporter="pocketml.convert.exporters.tflite", convert_extras=("litert_torch", "ai_edge_litert"),
     runtime_module="ai_edge_litert.interpreter", estimate_calibrated=True,
+    lm_exporter="pocketml.convert.llm.tflite_export:export_spec", lm_runtime="pocketml.runtime.lm.tflite_lm:load_dir",
     capabilities={
-        "fp32": {"decoder": Capability("none (litert-torch generative: prefill + decode signatures, KV cache as "
+        "fp32": {"lm-decoder": Capability("none (litert-torch generative: prefill + decode signatures, KV cache as "
                                        "inputs/outputs)"), ANY: NONE},
-        "fp16": {"decoder": Capability("fp16 weights (litert-torch quantize=fp16)", fp16_activations=True),
+        "fp16": {"lm-decoder": Capability("fp16 weights (litert-torch quantize=fp16)", fp16_activations=True),
                  ANY: Capability("fp16 weights (dequantized to fp32 on CPU, native fp16 on GPU delegates)",
                                  fp16_activations=True)},
         "int8": {"cnn": Capability("static int8, per-channel weights, full-int8 IO, calibrated (PT2E)",
                                    calibrated=True, static=True),
                  "transformer": Capability("dynamic int8 (weights int8 per-channel)"),
-                 "decoder": Capability("dynamic int8 (litert-torch dynamic_int8: weights int8 per-channel)"),
+                 "lm-decoder": Capability("dynamic int8 (litert-torch dynamic_int8: weights int8 per-channel)"),
                  ANY: Capability("dynamic int8")},
-        "int8w": {"decoder": Capability("weight-only int8 (litert-torch weight_only_int8; float compute)",
+        "int8w": {"lm-decoder": Capability("weight-only int8 (litert-torch weight_only_int8; float compute)",
                                         weight_only=True),
                   ANY: Capability("weight-only int8 per-channel (ai-edge-quantizer weight_only_wi8_afp32; "
                                   "float compute)", weight_only=True)},
-        "int4": {"decoder": Capability("int4 weights in blocks of 32, activations int8 at run time (litert-torch "
+        "int4": {"lm-decoder": Capability("int4 weights in blocks of 32, activations int8 at run time (litert-torch "
                                        "dynamic_int4_block32)"),
                  ANY: Capability("int4 weights in blocks of 32, activations int8 at run time "
                                  "(ai-edge-quantizer dynamic_wi4b32_afp32)")},
@@ -250,16 +253,16 @@ COREML = Format(
     needs_os_reason="Core ML needs macOS (or iOS) to run: its runtime is part of Apple's OS and this host is "
                     "{platform}; validate it on a Mac or profile it on an iPhone",
     capabilities={
-        "fp32": {"decoder": _NO_COREML_DECODER, ANY: NONE},
-        "fp16": {"decoder": _NO_COREML_DECODER, ANY: Capability("fp16 compute (ML Program)", fp16_activations=True)},
-        "int8": {"decoder": _NO_COREML_DECODER,
+        "fp32": {"lm-decoder": _NO_COREML_DECODER, ANY: NONE},
+        "fp16": {"lm-decoder": _NO_COREML_DECODER, ANY: Capability("fp16 compute (ML Program)", fp16_activations=True)},
+        "int8": {"lm-decoder": _NO_COREML_DECODER,
                  ANY: Capability("weight-only int8 per-channel (coremltools.optimize); activations fp16 — "
                                  "int8 activations need calibration that runs Core ML, i.e. macOS", weight_only=True,
                                  fp16_activations=True)},
-        "int8w": {"decoder": _NO_COREML_DECODER,
+        "int8w": {"lm-decoder": _NO_COREML_DECODER,
                   ANY: Capability("weight-only int8 per-channel (coremltools.optimize); activations fp16",
                                   weight_only=True, fp16_activations=True)},
-        "int4": {"decoder": _NO_COREML_DECODER,
+        "int4": {"lm-decoder": _NO_COREML_DECODER,
                  ANY: Capability("4-bit palettization (16-entry k-means lookup table per weight tensor, "
                                  "coremltools.optimize); activations fp16", weight_only=True, fp16_activations=True)},
     },

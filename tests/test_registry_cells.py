@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from conftest import artifact_names, assert_no_partial, run_cli
 from test_huggingface import make_tiny_bert
+from test_llm_sources import bytelevel_tokenizer, save_dir, tiny_llama
 
 import pocketml.runtime as rt
 from pocketml.runtime import families, formats
@@ -23,9 +24,26 @@ MODELS = {
     "cnn": ("models:cnn32", ["--task", "image-classification"]),
     "transformer": (None, ["--task", "sentence-embedding", "--seq-len", "16"]),   # a tiny BERT dir, built below
     "generic": ("models:mlp64", []),
+    "lm-decoder": (None, ["--task", "text-generation"]),                              # a tiny LLaMA dir, built below
 }
+
+
+def tiny_llama_dir(root):
+    tok = bytelevel_tokenizer()
+    return save_dir(tiny_llama(tok.get_vocab_size()), tok, root / "tiny-llama")
+
+
+BUILDERS = {"transformer": lambda root: make_tiny_bert(root / "tiny-bert", layers=2, heads=2),
+            "lm-decoder": tiny_llama_dir}
 KINDS = sorted({f.kind for f in families.FAMILIES.values()})
 CELLS = [(fmt, precision, kind) for fmt in formats.REGISTRY for precision in formats.PRECISIONS for kind in KINDS]
+
+
+def test_generative_cells_name_their_exporter_and_runtime():
+    """A format that takes a decoder at some precision must say how to export and run it."""
+    for fmt in formats.REGISTRY.values():
+        takes = [p for p in formats.PRECISIONS if not fmt.capability(p, "lm-decoder").refused]
+        assert not takes or (fmt.lm_exporter and fmt.lm_runtime), (fmt.name, takes)
 
 
 def test_every_family_kind_has_a_tiny_model():
@@ -40,7 +58,7 @@ def converted(tmp_path_factory, calib_dir):
         ref, flags = MODELS[kind]
         root = tmp_path_factory.mktemp(f"cells-{kind}")
         if ref is None:
-            ref = make_tiny_bert(root / "tiny-bert", layers=2, heads=2)
+            ref = BUILDERS[kind](root)
         if any(formats.capability(f, "int8", kind).calibrated for f in formats.REGISTRY):
             flags = [*flags, "--calib", calib_dir]
         out = root / "out"
@@ -63,6 +81,13 @@ def test_cell(converted, fmt, precision, kind):
     assert name in artifact_names(out), output
     m = json.loads((out / name / "manifest.json").read_text())
     assert m["format"] == fmt and m["precision"] == precision
+    assert m["quantization"]["method"] in (cap.method, m["quantization"].get("method")) and m["quantization"]["method"]
+    if families.for_task(m["task"]) and families.for_task(m["task"]).generative:
+        assert m["validation"]["status"] == "passed", m["validation"]
+        lm = rt.load(out / name)
+        ids = lm.tokenizer.encode("The capital of France is").ids
+        assert len(lm.generate_ids(ids, 3)) <= 3 and np.isfinite(lm.score(ids)).all()
+        return
     assert m["quantization"]["method"] == cap.method
     if formats.get(fmt).host_support() is not None:
         assert m["validation"]["status"] == "structural-only"

@@ -1,0 +1,168 @@
+"""ONNX backend: an onnxruntime session over a decoder with the KV cache as explicit inputs/outputs
+(convert/llm/onnx_export.py, the layout ONNX Runtime GenAI loads).
+
+With `io_binding=True` (the default) the cache never passes through numpy: every `present.N.*` output
+is bound to an ORT-allocated buffer and that `OrtValue` is bound as the next step's
+`past_key_values.N.*` input, so only the token, the mask, the position and the logits cross into
+Python. `io_binding=False` is the plain `session.run` loop (each step copies the whole cache out to
+numpy and back in), kept for measurement (benchmarks/llm.py compares the two).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UnsafeInputError, UsageError, require_dependency
+from ..parsing import reading
+from .model import LanguageModel, load_tokenizer
+
+PAST_PREFIX, PRESENT_PREFIX = "past_key_values.", "present."
+DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+MAX_CONFIG_BYTES = 1 << 20
+
+
+class OnnxLM(LanguageModel):
+    backend = "onnxruntime"
+
+    def __init__(self, model_path: Path, tokenizer, *, context_length: int, eos_token_ids, threads: int = 1,
+                 io_binding: bool = True, **kw):
+        super().__init__(tokenizer, context_length=context_length, eos_token_ids=eos_token_ids, **kw)
+        ort = require_dependency("onnxruntime", "onnxruntime", "running ONNX language models")
+        self._ort, self.io_binding, self.threads = ort, io_binding, threads
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self.model_path = Path(model_path)
+        with reading(self.model_path, "the language model with onnxruntime"):
+            self._sess = ort.InferenceSession(str(self.model_path), opts, providers=["CPUExecutionProvider"])
+        self._layout()
+        self._binding = self._sess.io_binding() if io_binding else None
+        self.reset()
+
+    def _layout(self) -> None:
+        ins = {i.name: i for i in self._sess.get_inputs()}
+        self._past_names = [n for n in ins if n.startswith(PAST_PREFIX)]
+        self._present_names = [PRESENT_PREFIX + n[len(PAST_PREFIX):] for n in self._past_names]
+        outs = {o.name for o in self._sess.get_outputs()}
+        missing = [n for n in ["input_ids", "attention_mask", *self._past_names] if n not in ins]
+        missing += [n for n in ["logits", *self._present_names] if n not in outs]
+        if missing or not self._past_names:
+            raise UnsafeInputError(f"{self.model_path}: not a KV-cache decoder graph (missing {missing or 'past inputs'})")
+        first = ins[self._past_names[0]]
+        self.kv_dtype = DTYPES.get(first.type)
+        heads, head_dim = first.shape[1], first.shape[3]
+        if self.kv_dtype is None or not isinstance(heads, int) or not isinstance(head_dim, int):
+            raise UnsafeInputError(f"{self.model_path}: KV cache input {first.name} is {first.type} {first.shape}")
+        self.kv_heads, self.head_dim = heads, head_dim
+        self.num_layers = len(self._past_names) // 2
+        self._has_positions = "position_ids" in ins
+
+    def kv_bytes_per_token(self) -> int:
+        return 2 * self.num_layers * self.kv_heads * self.head_dim * np.dtype(self.kv_dtype).itemsize
+
+    # ------------------------------------------------------------ backend interface
+    def reset(self) -> None:
+        empty = np.zeros((1, self.kv_heads, 0, self.head_dim), dtype=self.kv_dtype)
+        self._length = 0
+        if self.io_binding:
+            self._past = [self._ort.OrtValue.ortvalue_from_numpy(empty) for _ in self._past_names]
+        else:
+            self._past = [empty] * len(self._past_names)
+
+    @property
+    def cache_length(self) -> int:
+        return self._length
+
+    def prefill(self, ids: np.ndarray, all_logits: bool = False) -> np.ndarray:
+        self.reset()
+        ids = np.asarray(ids, dtype=np.int64).reshape(1, -1)
+        logits = self._step(ids)
+        return logits if all_logits else logits[-1:]
+
+    def decode(self, token: int) -> np.ndarray:
+        return self._step(np.array([[token]], dtype=np.int64))[-1]
+
+    # ------------------------------------------------------------ one run
+    def _feeds(self, ids: np.ndarray) -> dict:
+        n = ids.shape[1]
+        if self._length + n > self.context_length:
+            raise UsageError(f"{self._length + n} tokens would exceed {self.name}'s context of {self.context_length}")
+        feeds = {"input_ids": ids, "attention_mask": np.ones((1, self._length + n), dtype=np.int64)}
+        if self._has_positions:
+            feeds["position_ids"] = np.arange(self._length, self._length + n, dtype=np.int64)[None]
+        return feeds
+
+    def _step(self, ids: np.ndarray) -> np.ndarray:
+        feeds = self._feeds(ids)
+        if self.io_binding:
+            logits = self._run_bound(feeds)
+        else:
+            feeds.update(zip(self._past_names, self._past))
+            out = self._sess.run(["logits", *self._present_names], feeds)
+            logits, self._past = out[0], out[1:]
+        self._length += ids.shape[1]
+        return np.asarray(logits[0], dtype=np.float32)
+
+    def _run_bound(self, feeds: dict) -> np.ndarray:
+        b = self._binding
+        b.clear_binding_inputs()
+        b.clear_binding_outputs()
+        for name, value in feeds.items():
+            b.bind_cpu_input(name, value)
+        for name, value in zip(self._past_names, self._past):
+            b.bind_ortvalue_input(name, value)
+        b.bind_output("logits", "cpu")
+        for name in self._present_names:
+            b.bind_output(name, "cpu")
+        self._sess.run_with_iobinding(b)
+        outs = b.get_outputs()
+        self._past = list(outs[1:])           # ORT's buffers become the next step's inputs, uncopied
+        return outs[0].numpy()
+
+    def close(self) -> None:
+        self._past, self._binding, self._sess = [], None, None
+
+
+# ---------------------------------------------------------------- loading an exported directory
+
+def _read_json(root: Path, name: str) -> dict:
+    from ..paths import contained_file
+    path = contained_file(root, name, allow_dir=False)
+    with reading(path, name):
+        raw = path.read_bytes()[: MAX_CONFIG_BYTES + 1]
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise UnsafeInputError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes")
+        data = json.loads(raw.decode("utf-8"))
+    if not isinstance(data, dict):
+        raise UnsafeInputError(f"{path}: not a JSON object")
+    return data
+
+
+def load_dir(directory, threads: int = 1, io_binding: bool = True) -> OnnxLM:
+    """An OnnxLM from a directory holding model.onnx, genai_config.json, tokenizer.json and
+    tokenizer_config.json (what convert/llm/onnx_export.py writes)."""
+    from ..paths import contained_file
+    root = Path(directory)
+    genai = _read_json(root, "genai_config.json").get("model", {})
+    tokcfg = _read_json(root, "tokenizer_config.json") if (root / "tokenizer_config.json").exists() else {}
+    decoder = genai.get("decoder", {})
+    model_file = contained_file(root, str(decoder.get("filename", "model.onnx")), allow_dir=False)
+    eos = genai.get("eos_token_id")
+    eos = eos if isinstance(eos, list) else [eos] if eos is not None else []
+    context = genai.get("context_length")
+    if not isinstance(context, int) or context < 1 or not all(isinstance(e, int) for e in eos):
+        raise UnsafeInputError(f"{root}/genai_config.json: context_length {context!r} / eos_token_id {eos!r}")
+    tok = load_tokenizer(contained_file(root, "tokenizer.json", allow_dir=False))
+    return OnnxLM(model_file, tok, context_length=context, eos_token_ids=eos, threads=threads, io_binding=io_binding,
+                  chat_template=tokcfg.get("chat_template"), bos_token=_text(tokcfg.get("bos_token")),
+                  eos_token=_text(tokcfg.get("eos_token")), name=root.name or str(root))
+
+
+def _text(token) -> str | None:
+    """tokenizer_config.json writes special tokens as strings or as {"content": ...}."""
+    if isinstance(token, dict):
+        token = token.get("content")
+    return token if isinstance(token, str) else None
