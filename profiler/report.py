@@ -39,9 +39,8 @@ def _acc(row: dict) -> str:
         return "not measured" if row.get("manifest") else "-"
     if "error" in a:
         return a["error"][:40]
-    if "top1_agreement" in a:
-        return f"top1 {a['top1_agreement']:.3f} / top5 {a['top5_overlap']:.3f}"
-    return f"cos {a['cosine_mean']:.4f} (min {a['cosine_min']:.4f})"
+    from pocketml.runtime.families import metric
+    return metric(row["metric"]).show(a)          # how the family registry shows this metric
 
 
 def cells(row: dict) -> list[str]:
