@@ -16,7 +16,7 @@ import numpy as np
 from pocketml.runtime.atomic import TMP_MARK, open_lock, publish, staging_dir, write_file_atomic
 from pocketml.runtime.paths import output_dir
 from pocketml.runtime.errors import EnvironmentMissing, PocketmlError, UnsupportedError, UsageError
-from pocketml.runtime.manifest import Manifest, TensorSpec, hash_tree, sha256_file
+from pocketml.runtime.manifest import Manifest, TensorSpec, hash_tree
 from pocketml.runtime.session import DEFAULT_THREADS
 from pocketml.runtime import formats
 

@@ -85,7 +85,6 @@ def _tensor_header_lines(report: dict) -> list[str]:
 
 
 def print_table(report: dict, console=None) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     console = console or make_console()

@@ -9,18 +9,16 @@ numpy and back in), kept for measurement (benchmarks/llm.py compares the two).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UnsafeInputError, UsageError, require_dependency
 from ..parsing import reading
-from .model import LanguageModel, load_tokenizer
+from .model import LanguageModel, load_tokenizer, read_config_json
 
 PAST_PREFIX, PRESENT_PREFIX = "past_key_values.", "present."
 DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
-MAX_CONFIG_BYTES = 1 << 20
 
 
 class OnnxLM(LanguageModel):
@@ -128,26 +126,13 @@ class OnnxLM(LanguageModel):
 
 # ---------------------------------------------------------------- loading an exported directory
 
-def _read_json(root: Path, name: str) -> dict:
-    from ..paths import contained_file
-    path = contained_file(root, name, allow_dir=False)
-    with reading(path, name):
-        raw = path.read_bytes()[: MAX_CONFIG_BYTES + 1]
-        if len(raw) > MAX_CONFIG_BYTES:
-            raise UnsafeInputError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes")
-        data = json.loads(raw.decode("utf-8"))
-    if not isinstance(data, dict):
-        raise UnsafeInputError(f"{path}: not a JSON object")
-    return data
-
-
 def load_dir(directory, threads: int = 1, io_binding: bool = True) -> OnnxLM:
     """An OnnxLM from a directory holding model.onnx, genai_config.json, tokenizer.json and
     tokenizer_config.json (what convert/llm/onnx_export.py writes)."""
     from ..paths import contained_file
     root = Path(directory)
-    genai = _read_json(root, "genai_config.json").get("model", {})
-    tokcfg = _read_json(root, "tokenizer_config.json") if (root / "tokenizer_config.json").exists() else {}
+    genai = read_config_json(root, "genai_config.json").get("model", {})
+    tokcfg = read_config_json(root, "tokenizer_config.json") if (root / "tokenizer_config.json").exists() else {}
     decoder = genai.get("decoder", {})
     model_file = contained_file(root, str(decoder.get("filename", "model.onnx")), allow_dir=False)
     eos = genai.get("eos_token_id")

@@ -23,7 +23,6 @@ Files whose prefill signatures return no logits (litert-torch's default) set
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from pathlib import Path
 
@@ -31,11 +30,10 @@ import numpy as np
 
 from ..errors import UnsafeInputError, UsageError, require_dependency
 from ..parsing import reading
-from .model import LanguageModel, load_tokenizer
+from .model import LanguageModel, load_tokenizer, read_config_json
 
 KV_PREFIX = "kv_cache_"
 PREFILL_PREFIX = "prefill_"
-MAX_CONFIG_BYTES = 1 << 20
 
 
 @contextlib.contextmanager
@@ -289,27 +287,14 @@ class TfliteLM(LanguageModel):
 
 # ---------------------------------------------------------------- loading an exported directory
 
-def _read_json(root: Path, name: str) -> dict:
-    from ..paths import contained_file
-    path = contained_file(root, name, allow_dir=False)
-    with reading(path, name):
-        raw = path.read_bytes()[: MAX_CONFIG_BYTES + 1]
-        if len(raw) > MAX_CONFIG_BYTES:
-            raise UnsafeInputError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes")
-        data = json.loads(raw.decode("utf-8"))
-    if not isinstance(data, dict):
-        raise UnsafeInputError(f"{path}: not a JSON object")
-    return data
-
-
 def load_dir(directory, threads: int = 1, bind_cache: bool = True) -> TfliteLM:
     """A TfliteLM from a directory holding model.tflite, litert_config.json, tokenizer.json and
     tokenizer_config.json (what convert/llm/tflite_export.py writes)."""
     from ..paths import contained_file
     from .onnx_lm import _text
     root = Path(directory)
-    cfg = _read_json(root, "litert_config.json")
-    tokcfg = _read_json(root, "tokenizer_config.json") if (root / "tokenizer_config.json").exists() else {}
+    cfg = read_config_json(root, "litert_config.json")
+    tokcfg = read_config_json(root, "tokenizer_config.json") if (root / "tokenizer_config.json").exists() else {}
     model_file = contained_file(root, str(cfg.get("model", "model.tflite")), allow_dir=False)
     eos, context = cfg.get("eos_token_ids", []), cfg.get("context_length")
     if not isinstance(context, int) or context < 1 or not isinstance(eos, list) or \
