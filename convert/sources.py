@@ -48,15 +48,8 @@ def load_model(ref: str, task: str | None = None, trust_remote_code: bool = Fals
 
 def read_config(cfg_path: Path) -> dict:
     """config.json as a JSON object; any failure (size, UTF-8, syntax, nesting, not an object) → exit 4."""
-    from pocketml.runtime.manifest import MAX_MANIFEST_BYTES, parse_json
-    with reading(cfg_path, "config.json"), open(cfg_path, "rb") as fh:
-        raw = fh.read(MAX_MANIFEST_BYTES + 1)
-    if len(raw) > MAX_MANIFEST_BYTES:
-        raise UnsafeInputError(f"{cfg_path}: larger than {MAX_MANIFEST_BYTES} bytes", file=str(cfg_path))
-    cfg = parse_json(raw, cfg_path)
-    if not isinstance(cfg, dict):
-        raise UnsafeInputError(f"{cfg_path}: not a JSON object", file=str(cfg_path))
-    return cfg
+    from pocketml.runtime.manifest import MAX_MANIFEST_BYTES, read_json_object
+    return read_json_object(cfg_path, MAX_MANIFEST_BYTES, lambda p: open(p, "rb"), "config.json")
 
 
 def check_remote_code(model_dir: Path, trust_remote_code: bool) -> bool:

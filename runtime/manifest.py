@@ -163,6 +163,21 @@ def parse_json(raw: bytes, path) -> object:
         raise UnsafeInputError(f"{path}: not valid JSON ({type(exc).__name__}: {str(exc)[:200]})") from None
 
 
+def read_json_object(path: Path, cap: int, opener=open, what: str | None = None) -> dict:
+    """A JSON object from a user's file, at most `cap` bytes; size, reading, parse and type errors → exit 4
+    naming the file. `opener`: `open`, or `paths.open_regular` where a symlink must not be followed."""
+    from .parsing import reading
+    path = Path(path)
+    with reading(path, what or path.name), opener(path) as fh:
+        raw = fh.read(cap + 1)
+    if len(raw) > cap:
+        raise UnsafeInputError(f"{path}: larger than {cap} bytes", file=str(path))
+    data = parse_json(raw, path)
+    if not isinstance(data, dict):
+        raise UnsafeInputError(f"{path}: not a JSON object", file=str(path))
+    return data
+
+
 def verify_checksums(artifact_dir: Path, manifest: Manifest) -> None:
     """Refuse (exit 4) when any listed file is missing, altered, or a listed path escapes the directory."""
     root = Path(artifact_dir)

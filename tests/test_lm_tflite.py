@@ -21,6 +21,7 @@ pytest.importorskip("litert_torch")
 pytest.importorskip("ai_edge_litert")
 
 from test_lm_runtime import BOS, CHATML, EOS, VOCAB, text_ids, tiny_tokenizer  # noqa: E402
+from test_lm_onnx import torch_greedy, torch_logits  # noqa: E402  (one copy of the torch reference helpers)
 
 from pocketml.convert.llm import tflite_export as tx  # noqa: E402
 from pocketml.runtime.errors import UnsafeInputError, UnsupportedError, UsageError  # noqa: E402
@@ -66,18 +67,6 @@ def _letters_scale():
     keep = torch.full((VOCAB, 1), 0.01)               # (exact zeros: NaN int4 block scales)
     keep[LETTERS] = 1.0
     return keep
-
-
-def torch_greedy(module, ids, n):
-    out = module.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                          max_new_tokens=n, do_sample=False, eos_token_id=EOS, pad_token_id=EOS)
-    gen = out[0, len(ids):].tolist()
-    return gen[:gen.index(EOS)] if EOS in gen else gen
-
-
-def torch_logits(module, ids):
-    with torch.no_grad():
-        return module(torch.tensor([ids])).logits[0].numpy()
 
 
 def save(module, root):

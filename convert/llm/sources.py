@@ -513,15 +513,8 @@ def spm_bpe_tokenizer(tk: dict, meta: dict):
 def _read_json(path: Path) -> dict | None:
     if not path.is_file():
         return None
-    from pocketml.runtime.manifest import parse_json
-    with reading(path, path.name), open_regular(path) as fh:
-        raw = fh.read(MAX_SIDE_FILE_BYTES + 1)
-    if len(raw) > MAX_SIDE_FILE_BYTES:
-        raise UnsafeInputError(f"{path}: larger than {MAX_SIDE_FILE_BYTES} bytes", file=str(path))
-    data = parse_json(raw, path)
-    if not isinstance(data, dict):
-        raise UnsafeInputError(f"{path}: not a JSON object", file=str(path))
-    return data
+    from pocketml.runtime.manifest import read_json_object
+    return read_json_object(path, MAX_SIDE_FILE_BYTES, open_regular)
 
 
 def chat_template_of(model_dir: Path) -> str | None:

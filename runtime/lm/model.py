@@ -186,17 +186,6 @@ MAX_CONFIG_BYTES = 1 << 20
 def read_config_json(root: Path, name: str) -> dict:
     """A backend's side file (genai_config.json, litert_config.json, tokenizer_config.json) through the path
     validator, size-capped, its parse errors mapped to exit 4; it must be a JSON object."""
-    import json
-
-    from ..errors import UnsafeInputError
-    from ..parsing import reading
-    from ..paths import contained_file
-    path = contained_file(root, name, allow_dir=False)
-    with reading(path, name):
-        raw = path.read_bytes()[: MAX_CONFIG_BYTES + 1]
-        if len(raw) > MAX_CONFIG_BYTES:
-            raise UnsafeInputError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes")
-        data = json.loads(raw.decode("utf-8"))
-    if not isinstance(data, dict):
-        raise UnsafeInputError(f"{path}: not a JSON object")
-    return data
+    from ..manifest import read_json_object
+    from ..paths import contained_file, open_regular
+    return read_json_object(contained_file(root, name, allow_dir=False), MAX_CONFIG_BYTES, open_regular, name)
