@@ -42,11 +42,38 @@ class Recipe:
         from .compress.recipe import parse_steps
         self.steps = parse_steps(self.steps)      # parsed once: a dict handed in becomes a typed Step here
 
-    def check(self) -> None:
+    def check(self, generative: bool = False) -> None:
+        """`generative`: the recipe converts a language model (--max-drop keeps int8 groups in int4 there)."""
         if problems := formats.check_names(self.formats, self.precisions):
             raise UsageError("unknown " + "; ".join(problems))
-        self.check_max_drop()
+        if generative:
+            self.check_lm_options()
+        else:
+            self.check_max_drop()
         self.check_observer()
+        if self.options.get("int4_block") is not None and not generative:
+            raise UsageError("--int4-block applies to language models (ONNX MatMulNBits / TFLite int4 blocks); "
+                             "other models' int4 uses blocks of 32")
+
+    def check_lm_options(self) -> None:
+        """--max-drop for a language model: the largest relative perplexity increase an int4 artifact may
+        have; the most sensitive weight groups are kept at int8 to meet it (convert/llm/mixed.py)."""
+        block = self.options.get("int4_block")
+        if block is not None and int(block) not in (32, 128):
+            raise UsageError(f"--int4-block {block}: int4 blocks are 32 or 128 weights")
+        max_drop = self.options.get("max_drop")
+        if max_drop is None:
+            return
+        if not 0 <= max_drop < 1:
+            raise UsageError(f"--max-drop {max_drop:g} is outside [0, 1) (a fraction, or a percentage like 5%)")
+        if "int4" not in self.precisions:
+            raise UsageError("--max-drop for a language model keeps weight groups of an int4 artifact at int8: "
+                             "it needs --precision int4")
+        unmeasurable = [f for f in self.formats if formats.get(f).host_support()]
+        if unmeasurable:
+            raise UsageError(f"--max-drop measures each trial on its own runtime, which cannot run "
+                             f"{', '.join(unmeasurable)} here ({formats.get(unmeasurable[0]).host_support()}); "
+                             "convert those formats in a separate command without --max-drop")
 
     def check_max_drop(self) -> None:
         """--max-drop drives the mixed-precision search, implemented for ONNX int8 (exporters/mixed.py)."""

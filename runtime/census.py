@@ -218,13 +218,15 @@ def tflite_census(path: Path) -> dict:
         codes.append(op_names.get(max(c.BuiltinCode(), c.DeprecatedBuiltinCode()), "CUSTOM"))
     tally = _Tally()
     tally.activations = Counter()
+    seen_buffers: set[int] = set()         # signatures (prefill, decode) share weight buffers: count each once
     for g in (model.Subgraphs(i) for i in range(model.SubgraphsLength())):
-        _tflite_subgraph(model, g, codes, type_names, tally)
-    return tally.result(f"measured from {path.name}: constant tensors of ≥ 2 dims by stored type; ops by the "
-                        "stored type of the weight they use (through DEQUANTIZE); activations = other tensors")
+        _tflite_subgraph(model, g, codes, type_names, tally, seen_buffers)
+    return tally.result(f"measured from {path.name}: constant tensors of ≥ 2 dims by stored type, each weight "
+                        "buffer once (subgraphs share them); ops of every subgraph by the stored type of the "
+                        "weight they use (through DEQUANTIZE); activations = other tensors")
 
 
-def _tflite_subgraph(model, g, codes, type_names, tally: _Tally) -> None:
+def _tflite_subgraph(model, g, codes, type_names, tally: _Tally, seen_buffers: set) -> None:
     def is_const(t) -> bool:
         b = g.Tensors(t).Buffer()
         if b <= 0 or b >= model.BuffersLength():
@@ -254,7 +256,9 @@ def _tflite_subgraph(model, g, codes, type_names, tally: _Tally) -> None:
     used = {t for ins in inputs for t in ins}     # blockwise scales are referenced by quantization details only
     for t in range(g.TensorsLength()):
         if is_const(t):
-            if t in used and len(dims(t)) >= 2 and _weight_dtype(dtype(t)):
+            buffer = g.Tensors(t).Buffer()
+            if t in used and len(dims(t)) >= 2 and _weight_dtype(dtype(t)) and buffer not in seen_buffers:
+                seen_buffers.add(buffer)
                 tally.weight(dtype(t), _elements(dims(t)))
         elif not (t in producer and codes[ops[producer[t]].OpcodeIndex()] == "DEQUANTIZE"
                   and all(is_const(i) for i in inputs[producer[t]])):
@@ -285,18 +289,30 @@ def coreml_census(path: Path) -> dict:
                         "activations = other op outputs")
 
 
+def coreml_value_type(op, key: str):
+    """The tensor type of a const / constexpr_* op's `key`: an attribute (iOS 16/17 constexpr ops) or an
+    inline input value (iOS 18 ops, e.g. constexpr_blockwise_shift_scale's data and scale); None if neither."""
+    if key in op.attributes:
+        return op.attributes[key].type.tensorType
+    if key in op.inputs:
+        args = op.inputs[key].arguments
+        if args and args[0].WhichOneof("binding") == "value":
+            return args[0].value.type.tensorType
+    return None
+
+
 def _coreml_stored(op, names) -> str:
     """The stored dtype of a const / constexpr_* op's data."""
     attrs = op.attributes
     if op.type == "const":
         return names.get(attrs["val"].type.tensorType.dataType, "unknown")
-    if op.type == "constexpr_lut_to_dense":
+    if op.type == "constexpr_lut_to_dense" and "lut" in attrs:         # iOS 16: packed indices, size from the lut
         entries = attrs["lut"].type.tensorType.dimensions
         size = entries[-1].constant.size if entries else 0
         return f"uint{max(size - 1, 1).bit_length()}"
     for key in ("quantized_data", "data", "indices"):
-        if key in attrs:
-            return names.get(attrs[key].type.tensorType.dataType, "unknown")
+        if (t := coreml_value_type(op, key)) is not None:
+            return names.get(t.dataType, "unknown")
     return "unknown"
 
 

@@ -17,6 +17,7 @@ tokenizers = pytest.importorskip("tokenizers")
 
 from pocketml.convert.llm import LLM_BUILTINS, CausalLMSpec, load_causal_lm  # noqa: E402
 from pocketml.convert.llm import sources as S  # noqa: E402
+from pocketml.convert.llm.gguf_tokenizer import spm_bpe_tokenizer  # noqa: E402
 from pocketml.runtime.errors import (EnvironmentMissing, UnsafeInputError, UnsupportedError,  # noqa: E402
                                      UsageError)
 
@@ -148,7 +149,7 @@ def test_context_is_checked(llama_dir):
 
 def test_hf_gemma3_dir(tmp_path):
     tokens, scores, types = spm_vocab()
-    tok = S.spm_bpe_tokenizer({"tokens": tokens, "scores": scores, "token_type": types, "unk_token_id": 3},
+    tok = spm_bpe_tokenizer({"tokens": tokens, "scores": scores, "token_type": types, "unk_token_id": 3},
                               {"tokenizer.ggml.add_space_prefix": False, "tokenizer.ggml.bos_token_id": 2})
     model = tiny_gemma3(len(tokens))
     spec = load_causal_lm(str(save_dir(model, tok, tmp_path / "g", template=None)))
@@ -382,7 +383,7 @@ def test_spm_bpe_ranks_merges_by_piece_score():
         second = "bc" if first == "ab" else "ab"
         tk = {"tokens": base + [first, second], "scores": [0, -1, -2, -3, -4, -5], "token_type": [2, 1, 1, 1, 1, 1],
               "unk_token_id": 0}
-        tok = S.spm_bpe_tokenizer(tk, {"tokenizer.ggml.add_space_prefix": False, "tokenizer.ggml.add_bos_token": False})
+        tok = spm_bpe_tokenizer(tk, {"tokenizer.ggml.add_space_prefix": False, "tokenizer.ggml.add_bos_token": False})
         assert tok.encode("abc").tokens == expect
 
 

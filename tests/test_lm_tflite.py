@@ -221,6 +221,9 @@ def test_recipes_derived_from_the_fp32_file(llama, tmp_path):
     assert rec["recipe"] == "dynamic_int4_block32" and {"int4", "int8"} <= set(rec["weights"]["weights"])
     plain = tx.derive(base, tmp_path / "int4.tflite", "int4", mcfg)
     assert "int8" not in plain["weights"]["weights"]
+    for group, tensors in (("attention.1", 2), ("feedforward.0", 3), ("embedding", 2)):    # qkv + output; w1, w3, w2; table + head
+        one = tx.derive(base, tmp_path / f"{group}.tflite", "int4", mcfg, keep_int8=[group])["weights"]["weights"]
+        assert one["int8"]["tensors"] == tensors, (group, one)         # per-layer rules reach the file
     fp16 = tx.derive(base, tmp_path / "fp16.tflite", "fp16", mcfg)
     assert "float16" in fp16["weights"]["weights"]
     lm = tflite_lm.TfliteLM(tmp_path / "mixed.tflite", tiny_tokenizer(), eos_token_ids=[EOS])
@@ -410,3 +413,13 @@ def test_smollm2_converts_answers_and_runs_in_litert_lm(tmp_path):
         assert out.returncode == 0, out.stderr[-1500:]
         ours = lm.tokenizer.decode(lm.generate_ids(lm.encode(prompt), 16))
         assert ast.literal_eval(out.stdout.strip().splitlines()[-1]) == ours
+
+
+def test_census_counts_weights_shared_by_the_signatures_once(llama):
+    """prefill and decode are two subgraphs over the same weight buffers: the census counts each once."""
+    from pocketml.runtime.census import tflite_census
+    module, _, root, _ = llama
+    weights = tflite_census(root / "fp32" / "model.tflite")["weights"]
+    linear = sum(p.numel() for n, p in module.named_parameters() if p.dim() == 2)
+    counted = sum(w["elements"] for w in weights.values())
+    assert linear <= counted < 1.2 * linear, (linear, weights)     # plus the RoPE tables, not twice the model

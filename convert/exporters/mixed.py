@@ -91,26 +91,17 @@ class Search:
                     "seconds": round(time.perf_counter() - t0, 1)}
         shutil.copyfile(dst, work / f"mixed-all{dst.suffix}")
         ranked = self._rank(base, trial)
-        trials, best = {0: base.drop}, None
-        k, lo = 1, 0
-        while best is None:
-            k = min(k, len(ranked))
-            trials[k] = self._try(ranked[:k], trial).drop
-            self.log(f"    mixed precision: {k} most sensitive layer(s) float → drop {trials[k]:.4f}")
-            if trials[k] <= self.max_drop:
-                best = k
-            elif k == len(ranked):
-                raise ValidationFailed(
-                    f"mixed precision cannot meet --max-drop {self.max_drop:g}: with all {k} candidate layers "
-                    f"float the drop is still {trials[k]:.4f} ({DROP_DEFINITION[self.metric]})",
-                    mixed_precision={**report, "trials": sorted(trials.items())})
-            else:
-                lo, k = k, k * 2
-        while best - lo > 1:                                  # smallest k within budget
-            mid = (lo + best) // 2
-            trials[mid] = self._try(ranked[:mid], trial).drop
-            self.log(f"    mixed precision: {mid} most sensitive layer(s) float → drop {trials[mid]:.4f}")
-            lo, best = (lo, mid) if trials[mid] <= self.max_drop else (mid, best)
+
+        def drop_at(k):
+            d = self._try(ranked[:k], trial).drop
+            self.log(f"    mixed precision: {k} most sensitive layer(s) float → drop {d:.4f}")
+            return d
+        best, trials = smallest_prefix(len(ranked), drop_at, self.max_drop, {0: base.drop})
+        if best is None:
+            raise ValidationFailed(
+                f"mixed precision cannot meet --max-drop {self.max_drop:g}: with all {len(ranked)} candidate "
+                f"layers float the drop is still {trials[len(ranked)]:.4f} ({DROP_DEFINITION[self.metric]})",
+                mixed_precision={**report, "trials": sorted(trials.items())})
         self.build(list(self.fixed_float) + ranked[:best], dst)
         report.update(float_layers=ranked[:best], drop=round(trials[best], 5),
                       trials=[[k, round(v, 5)] for k, v in sorted(trials.items())],
@@ -134,6 +125,27 @@ class Search:
         gains.sort(key=lambda g: -g[0])
         self.sensitivity = [[name, float(f"{g:.3g}")] for g, name in gains]
         return [name for _, name in gains]
+
+
+def smallest_prefix(n: int, drop_at, budget: float, trials: dict) -> tuple[int | None, dict]:
+    """The smallest k in 1..n with drop_at(k) <= budget, for a drop that falls as k grows (the k most
+    sensitive items kept at higher precision): k grows geometrically (1, 2, 4, …, n), then bisects.
+    `trials` holds drops already known ({0: all quantized}); returns (k or None when even n misses, trials)."""
+    k, lo, best = 1, 0, None
+    while best is None:
+        k = min(k, n)
+        trials[k] = drop_at(k)
+        if trials[k] <= budget:
+            best = k
+        elif k == n:
+            return None, trials
+        else:
+            lo, k = k, k * 2
+    while best - lo > 1:
+        mid = (lo + best) // 2
+        trials[mid] = drop_at(mid)
+        lo, best = (lo, mid) if trials[mid] <= budget else (mid, best)
+    return best, trials
 
 
 def cost(all_path: Path, mixed_path: Path, p50) -> dict:

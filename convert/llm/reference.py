@@ -7,7 +7,8 @@ the same `LanguageModel` interface as the artifacts' runtimes, so validation com
 Held-out text: the evaluation half of `convert/data/sentences.txt` (real English, CPython 3.11 standard
 library docstrings, PSF license; shipped with pocketml, so the same on every machine), joined into
 paragraphs and tokenized into fixed-length sequences. Language-model conversion calibrates nothing
-(int8 is dynamic, int4/int8w weight-only), so no text is shared with a calibration set.
+(int8 is dynamic, int4/int8w weight-only); the mixed-precision search (`--max-drop`) tunes on the
+first half only (`search_sequences`), so no text is shared between what is tuned and what is judged.
 """
 from __future__ import annotations
 
@@ -26,17 +27,30 @@ PROMPTS = ("The capital of France is", "Here is a short poem about the sea:\n",
            "To sort a list of numbers in Python, you can")
 
 
-def held_out_text() -> str:
+def _halves() -> tuple[str, str]:
     lines = [ln.strip() for ln in SENTENCES.read_text(encoding="utf-8").splitlines()
              if ln.strip() and not ln.startswith("#")]
-    return " ".join(lines[len(lines) // 2:])
+    return " ".join(lines[:len(lines) // 2]), " ".join(lines[len(lines) // 2:])
+
+
+def held_out_text() -> str:
+    return _halves()[1]
+
+
+def _sequences(text: str, tokenizer, count: int, length: int) -> list[np.ndarray]:
+    ids = tokenizer.encode(text, add_special_tokens=False).ids
+    n = min(count, len(ids) // length)
+    return [np.asarray(ids[i * length:(i + 1) * length], dtype=np.int64) for i in range(n)]
 
 
 def held_out_sequences(tokenizer, count: int, length: int) -> list[np.ndarray]:
     """`count` disjoint sequences of `length` tokens from the held-out text (fewer if it runs out)."""
-    ids = tokenizer.encode(held_out_text(), add_special_tokens=False).ids
-    n = min(count, len(ids) // length)
-    return [np.asarray(ids[i * length:(i + 1) * length], dtype=np.int64) for i in range(n)]
+    return _sequences(held_out_text(), tokenizer, count, length)
+
+
+def search_sequences(tokenizer, count: int, length: int) -> list[np.ndarray]:
+    """Sequences from the other half: what a search (mixed precision) may tune on; validation never reads it."""
+    return _sequences(_halves()[0], tokenizer, count, length)
 
 
 def prompt_ids(tokenizer) -> list[list[int]]:

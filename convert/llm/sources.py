@@ -37,7 +37,6 @@ A Hugging Face directory source writes nothing: its own tokenizer.json is used i
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import secrets
 import tempfile
@@ -53,6 +52,7 @@ from pocketml.runtime.errors import (EnvironmentMissing, UnsafeInputError, Unsup
 from pocketml.runtime.parsing import reading
 from pocketml.runtime.paths import open_regular
 
+from .gguf_tokenizer import gguf_tokenizer
 from .spec import FAMILY, CausalLMSpec
 
 DEFAULT_CONTEXT = 1024          # the context length artifacts are built for unless `context=` says otherwise
@@ -201,6 +201,7 @@ def load_causal_lm(ref: str, trust_remote_code: bool = False, context: int | Non
         return load_gguf(path, context, work_dir, name=path.stem,
                          source={"kind": "gguf", "id": str(path), "sha256": sha})
     if path.is_dir():
+        from .hf_source import load_hf_causal_lm
         return load_hf_causal_lm(path, trust_remote_code, context)
     raise UsageError(f"unknown causal LM {ref!r}: not a built-in ({', '.join(LLM_BUILTINS)}), not a .gguf file, "
                      "not a Hugging Face model directory")
@@ -406,218 +407,3 @@ def _memoized_tensor_name_map():
         yield
     finally:
         gguf.get_tensor_name_map = original
-
-
-# ---------------------------------------------------------------- GGUF tokenizers
-
-SPM_NORMAL, SPM_CONTROL, SPM_USER_DEFINED = 1, 3, 4       # tokenizer.ggml.token_type values (llama.cpp)
-
-
-def _flag(meta: dict, key: str, default: bool) -> bool:
-    v = meta.get(key)
-    return v if isinstance(v, bool) else default
-
-
-def gguf_tokenizer(parsed: dict, config, summary) -> tuple[object, str]:
-    """The `tokenizers.Tokenizer` for a GGUF, and how it was built (for the manifest).
-
-    - a SentencePiece vocabulary (`tokenizer.ggml.model` = "llama") without merges — Gemma 3's, Llama
-      2's: `spm_bpe_tokenizer`, a BPE whose merges are ranked by the merged piece's score, which is how
-      llama.cpp tokenizes these files. (transformers 4.57 builds Gemma's as a Unigram over the same
-      scores, which splits "world" into "▁w" "or" "ld"; and builds Llama 2's merges in O(V²).)
-    - otherwise transformers' own GGUF converter (`convert_gguf_tokenizer`, what
-      `AutoTokenizer.from_pretrained(gguf_file=)` runs), wrapped in the model's fast tokenizer class,
-      with the GGUF's add_bos_token / add_eos_token flags applied (transformers drops them, so
-      SmolLM2's tokenizer prepended <|im_start|> to every text)."""
-    meta = summary.metadata
-    tk = dict(parsed.get("tokenizer") or {})
-    add_bos = meta.get("tokenizer.ggml.add_bos_token")
-    add_eos = meta.get("tokenizer.ggml.add_eos_token")
-    if summary.tokenizer_model == "llama" and "merges" not in tk:
-        return spm_bpe_tokenizer(tk, meta), "SentencePiece vocabulary as BPE ranked by piece score (pocketml)"
-    from transformers import PreTrainedTokenizerFast
-    from transformers.integrations.ggml import convert_gguf_tokenizer
-    from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING
-    fast, extra = convert_gguf_tokenizer(config.model_type, tk)
-    try:
-        cls = TOKENIZER_MAPPING[type(config)][1] or PreTrainedTokenizerFast
-    except KeyError:
-        cls = PreTrainedTokenizerFast
-    kwargs = {**(parsed.get("tokenizer_config") or {}), **extra}
-    for key, v in (("add_bos_token", add_bos), ("add_eos_token", add_eos)):
-        if isinstance(v, bool):
-            kwargs[key] = v
-    tok = cls(tokenizer_object=fast, **kwargs)
-    return tok.backend_tokenizer, f"transformers convert_gguf_tokenizer ({cls.__name__})"
-
-
-def spm_bpe_tokenizer(tk: dict, meta: dict):
-    """A BPE `tokenizers.Tokenizer` from a GGUF SentencePiece vocabulary (tokens, scores, token types):
-    merges are every split of a normal or user-defined piece into two pieces of the vocabulary, ranked by
-    the piece's score (higher first), as transformers' SentencePiece extractor does for a .model file;
-    control tokens are special added tokens, user-defined ones added tokens; byte fallback to <0xNN>;
-    spaces become "▁" (with a leading one when `tokenizer.ggml.add_space_prefix`, llama.cpp's default)."""
-    from tokenizers import AddedToken, Tokenizer, decoders, normalizers, processors
-    from tokenizers.models import BPE
-
-    tokens, scores, types = tk.get("tokens"), tk.get("scores"), tk.get("token_type")
-    if not tokens or scores is None or types is None or not len(tokens) == len(scores) == len(types):
-        raise UnsupportedError("the GGUF's SentencePiece vocabulary lacks scores or token types "
-                               "(tokenizer.ggml.scores / token_type), which its tokenizer needs")
-    vocab: dict[str, int] = {}
-    for i, t in enumerate(tokens):
-        vocab.setdefault(t, i)
-    merges = []
-    for piece, i in vocab.items():
-        if types[i] not in (SPM_NORMAL, SPM_USER_DEFINED) or len(piece) < 2:
-            continue
-        local = []
-        for k in range(1, len(piece)):
-            left, right = piece[:k], piece[k:]
-            li, ri = vocab.get(left), vocab.get(right)
-            if li is not None and ri is not None:
-                local.append((li, ri, left, right))
-        local.sort()
-        merges.extend((scores[i], len(left), len(right), left, right) for _, _, left, right in local)
-    merges.sort(key=lambda m: (m[0], m[1], m[2]), reverse=True)     # stable: ties keep vocabulary order
-    unk = tk.get("unk_token_id", tk.get("unknown_token_id"))
-    unk_token = tokens[unk] if isinstance(unk, int) and 0 <= unk < len(tokens) else None
-    tok = Tokenizer(BPE(vocab=vocab, merges=[(m[3], m[4]) for m in merges], unk_token=unk_token, fuse_unk=True,
-                        byte_fallback=True))
-    prefix = _flag(meta, "tokenizer.ggml.add_space_prefix", True)
-    replace = normalizers.Replace(" ", "\u2581")
-    tok.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), replace]) if prefix else replace
-    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                     *([decoders.Strip(" ", 1, 0)] if prefix else [])])
-    tok.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False)
-                            for i in range(len(tokens)) if types[i] == SPM_CONTROL])
-    tok.add_tokens([AddedToken(tokens[i], special=False, normalized=False)
-                    for i in range(len(tokens)) if types[i] == SPM_USER_DEFINED])
-    specials, single = [], ["$A"]
-    bos, eos = meta.get("tokenizer.ggml.bos_token_id"), meta.get("tokenizer.ggml.eos_token_id")
-    if _flag(meta, "tokenizer.ggml.add_bos_token", True) and isinstance(bos, int) and 0 <= bos < len(tokens):
-        single = [tokens[bos], *single]
-        specials.append((tokens[bos], bos))
-    if _flag(meta, "tokenizer.ggml.add_eos_token", False) and isinstance(eos, int) and 0 <= eos < len(tokens):
-        single = [*single, tokens[eos]]
-        specials.append((tokens[eos], eos))
-    if specials:
-        pair = single + [s if s != "$A" else "$B" for s in single]
-        tok.post_processor = processors.TemplateProcessing(single=" ".join(single), pair=" ".join(pair),
-                                                           special_tokens=specials)
-    return tok
-
-
-# ---------------------------------------------------------------- Hugging Face directories
-
-def _read_json(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    from pocketml.runtime.manifest import read_json_object
-    return read_json_object(path, MAX_SIDE_FILE_BYTES, open_regular)
-
-
-def chat_template_of(model_dir: Path) -> str | None:
-    """The chat template of a Hugging Face directory: chat_template.jinja, chat_template.json, or
-    tokenizer_config.json's `chat_template` (a string, or a list of {name, template}: "default")."""
-    jinja = model_dir / "chat_template.jinja"
-    if jinja.is_file():
-        with reading(jinja, "chat_template.jinja"), open_regular(jinja) as fh:
-            raw = fh.read(MAX_SIDE_FILE_BYTES + 1)
-        if len(raw) > MAX_SIDE_FILE_BYTES:
-            raise UnsafeInputError(f"{jinja}: larger than {MAX_SIDE_FILE_BYTES} bytes", file=str(jinja))
-        with reading(jinja, "chat_template.jinja"):
-            return raw.decode("utf-8")
-    for name in ("chat_template.json", "tokenizer_config.json"):
-        data = _read_json(model_dir / name)
-        if data is None or "chat_template" not in data:
-            continue
-        t = data["chat_template"]
-        if isinstance(t, list):
-            named = {d.get("name"): d.get("template") for d in t if isinstance(d, dict)}
-            t = named.get("default", next(iter(named.values()), None))
-        if t is None:
-            return None
-        if not isinstance(t, str):
-            raise UnsafeInputError(f"{model_dir / name}: chat_template is {type(t).__name__}, expected a string",
-                                   file=str(model_dir / name), field="chat_template")
-        return t
-    return None
-
-
-def load_hf_causal_lm(model_dir: Path, trust_remote_code: bool, context: int | None) -> CausalLMSpec:
-    from pocketml.convert.sources import check_remote_code, read_config, weights_digest
-    from pocketml.runtime.prechecks import precheck_safetensors
-    from pocketml.runtime.text import load_tokenizer
-
-    model_dir = Path(model_dir)
-    remote = check_remote_code(model_dir, trust_remote_code)
-    weights = sorted(model_dir.glob("*.safetensors"))
-    if not weights:
-        other = sorted(p.name for p in model_dir.glob("*") if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl"))
-        raise UsageError(f"{model_dir}: causal LMs load from safetensors only (no *.safetensors"
-                         f"{'; found ' + ', '.join(other) + ', pickles, refused' if other else ''}); "
-                         "save the model with save_pretrained(safe_serialization=True)")
-    cfg = read_config(model_dir / "config.json")
-    torch = require_extra("torch", "convert", "loading a Hugging Face causal LM")
-    transformers = require_extra("transformers", "convert", "loading a Hugging Face causal LM")
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-    model_type = cfg.get("model_type")
-    if not remote and model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        raise UnsupportedError(f"{model_dir}: model_type {model_type!r} is not a causal language model transformers "
-                               f"{transformers.__version__} knows (AutoModelForCausalLM has no class for it)",
-                               file=str(model_dir / "config.json"), field="model_type")
-    if isinstance(cfg.get("max_position_embeddings"), int):
-        _context(model_dir, cfg["max_position_embeddings"], context)     # refused before the load
-    for w in weights:
-        precheck_safetensors(w)
-    digest, names = weights_digest(model_dir)
-    tok_path = model_dir / "tokenizer.json"
-    if not tok_path.is_file():
-        raise UsageError(f"{model_dir}: causal LMs need tokenizer.json (a fast tokenizer)")
-    load_tokenizer(tok_path, 8)                       # a corrupt tokenizer.json is refused now
-    template = chat_template_of(model_dir)
-    gen_cfg = _read_json(model_dir / "generation_config.json") or {}
-    t0 = time.perf_counter()
-    with reading(model_dir, "the Hugging Face causal LM (config.json and weights)"):
-        model, info = transformers.AutoModelForCausalLM.from_pretrained(
-            str(model_dir), local_files_only=True, use_safetensors=True, trust_remote_code=trust_remote_code,
-            attn_implementation="eager", output_loading_info=True, **_dtype_kwargs(torch))
-    load_s = time.perf_counter() - t0
-    missing = list(info.get("missing_keys") or []) + [str(k[0]) if isinstance(k, tuple) else str(k)
-                                                       for k in info.get("mismatched_keys") or []]
-    if missing:      # transformers would initialise them randomly: refuse instead of guessing
-        raise UnsafeInputError(f"{model_dir}: the safetensors weights do not match config.json: {len(missing)} "
-                               f"tensor(s) missing or of another shape ({', '.join(missing[:3])}"
-                               f"{', …' if len(missing) > 3 else ''}); transformers would fill them with random "
-                               "values", file=str(model_dir), missing=missing[:20])
-    model.eval()
-    model.requires_grad_(False)
-    config = model.config
-    text_cfg = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
-    context, max_ctx = _context(model_dir, getattr(text_cfg, "max_position_embeddings", None), context)
-    return CausalLMSpec(
-        name=model_dir.name, module=model, config=config, tokenizer_json=tok_path, chat_template=template,
-        bos_token_id=_first(gen_cfg.get("bos_token_id"), getattr(text_cfg, "bos_token_id", None)),
-        eos_token_ids=_ids(gen_cfg.get("eos_token_id"), getattr(text_cfg, "eos_token_id", None)),
-        pad_token_id=_first(gen_cfg.get("pad_token_id"), getattr(text_cfg, "pad_token_id", None)),
-        context=context, max_context=max_ctx,
-        parameter_count=_param_count(model),
-        source={"kind": "hf-dir", "id": str(model_dir), "sha256": digest, "weights": names, "format": "safetensors",
-                "reference": "fp32 (the directory's safetensors weights)" if _all_fp32(model_dir, names)
-                else "fp32 (up-cast from the directory's safetensors weights)",
-                "trust_remote_code": bool(remote and trust_remote_code), "load_seconds": round(load_s, 1),
-                "loader": f"transformers {transformers.__version__} AutoModelForCausalLM (safetensors)"},
-        family=FAMILY, hf_dir=model_dir)
-
-
-def _all_fp32(model_dir: Path, names: list[str]) -> bool:
-    """Whether every weight in the safetensors headers is F32 (headers were bounds-checked already)."""
-    import struct
-    for n in names:
-        with open_regular(model_dir / n) as fh:
-            (hlen,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(hlen))
-        if any(isinstance(v, dict) and v.get("dtype") != "F32" for k, v in header.items() if k != "__metadata__"):
-            return False
-    return True
