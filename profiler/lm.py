@@ -4,8 +4,9 @@ fixed fields, targets and verdict checks. The measuring is `profiler/lm_child.py
 Whether an artifact is a language model is the family registry's word (`families.for_task(task).generative`).
 LM targets (optional in a device profile's `[targets]`; pocketml's defaults below otherwise):
 `min_decode_tokens_per_s`, `max_ttft_ms` at `ttft_prompt_tokens`, `max_lm_memory_mb` at `lm_context_tokens`,
-`max_perplexity_increase`; `max_lm_size_mb` only from `--max-size`. pocketml's phone-latency estimator
-covers tensor models only, so decode and TTFT are judged on the host measurement, and the check says so.
+`max_perplexity_increase`; `max_lm_size_mb` only from `--max-size`. With a device, decode, TTFT and memory are
+judged on the phone estimate (`profiler/estimate/lm_estimate.py`: bandwidth model, its band; PASS only when the
+whole band meets the target, UNCERTAIN when it crosses), the host measurement beside it; quality is the host's.
 """
 from __future__ import annotations
 
@@ -15,8 +16,7 @@ from pocketml.runtime.errors import UsageError
 from pocketml.runtime.families import for_task
 
 KIND = "language-model"
-NOT_ESTIMATED = ("not estimated: pocketml's latency model covers tensor models; language-model decode on a "
-                 "phone is not estimated yet")
+PHONE_THREADS = None        # the LM estimate's thread count on the phone: its default (lm_model.DEFAULT_THREADS)
 # pocketml's defaults (not device facts): a flagship-phone-sized chat budget.
 LM_DEFAULTS = {"min_decode_tokens_per_s": 20.0, "max_ttft_ms": 1000.0, "ttft_prompt_tokens": 128,
                "max_lm_memory_mb": 400.0, "lm_context_tokens": 1024, "max_perplexity_increase": 0.05}
@@ -102,20 +102,10 @@ def targets(profile: dict | None, overrides: dict) -> dict:
 
 
 def judge(row: dict, t: dict, profile: dict | None) -> list[dict]:
-    """The checks of a measured language-model row."""
-    from .verdict import _check, _min_check
-    lengths, acc = row["lengths"], row.get("accuracy") or {}
-    host = row["measured"]
-    if profile:
-        host += f", judged against {profile['name']}'s budget as a host number, not a phone one ({NOT_ESTIMATED})"
-    p, g, n = lengths["prompt_tokens"], lengths["gen_tokens"], row["memory_context_tokens"]
-    checks = [_min_check("decode tokens/s", row["decode"]["tokens_per_s"], t["min_decode_tokens_per_s"],
-                         f"{host}; {g} greedy tokens after a {p}-token prompt"),
-              _check("TTFT (ms)", row["ttft_ms"], t["max_ttft_ms"], f"{host}; {p}-token prompt"
-                     + _stated(t["ttft_prompt_tokens"], p)),
-              _check("memory (MB)", row["peak_rss_added_mb"], t["max_lm_memory_mb"],
-                     f"peak resident memory added by the session on the host, KV cache holding {n} tokens"
-                     + _stated(t["lm_context_tokens"], n))]
+    """The checks of a measured language-model row: on the phone estimate with a device, else on the host."""
+    from .verdict import _check
+    acc, est = row.get("accuracy") or {}, row.get("estimate") or {}
+    checks = estimate_checks(est, t) if profile and "decode_tokens_per_s" in est else host_checks(row, t, profile)
     if acc:
         checks.append(_check("perplexity increase", acc["perplexity_change"], t["max_perplexity_increase"],
                              f"relative perplexity increase over {row['accuracy_reference']}"))
@@ -123,6 +113,69 @@ def judge(row: dict, t: dict, profile: dict | None) -> list[dict]:
     if t.get("max_lm_size_mb"):
         checks.append(_check("size (MB)", row["size_mb"], t["max_lm_size_mb"], "model file(s) on disk"))
     return checks
+
+
+def host_checks(row: dict, t: dict, profile: dict | None) -> list[dict]:
+    from .verdict import _check, _min_check
+    lengths, host = row["lengths"], row["measured"]
+    if profile:
+        why = (row.get("estimate") or {}).get("error", "no phone estimate")
+        host += f", judged against {profile['name']}'s budget as a host number, not a phone one ({why})"
+    p, g, n = lengths["prompt_tokens"], lengths["gen_tokens"], row["memory_context_tokens"]
+    return [_min_check("decode tokens/s", row["decode"]["tokens_per_s"], t["min_decode_tokens_per_s"],
+                       f"{host}; {g} greedy tokens after a {p}-token prompt"),
+            _check("TTFT (ms)", row["ttft_ms"], t["max_ttft_ms"], f"{host}; {p}-token prompt"
+                   + _stated(t["ttft_prompt_tokens"], p)),
+            _check("memory (MB)", row["peak_rss_added_mb"], t["max_lm_memory_mb"],
+                   f"peak resident memory added by the session on the host, KV cache holding {n} tokens"
+                   + _stated(t["lm_context_tokens"], n))]
+
+
+def estimate_checks(est: dict, t: dict) -> list[dict]:
+    """Decode, TTFT and memory judged on the estimate's band against the device's LM targets."""
+    n = est["lengths"]
+    p, g, ctx = n["prompt_tokens"], n["gen_tokens"], n["context"]
+    where = f"{est['device']}, {est['threads']} thread(s)"
+    return [band_check("decode tokens/s", est["decode_tokens_per_s"], t["min_decode_tokens_per_s"], ">=",
+                       f"{where}; {g} tokens after a {p}-token prompt"),
+            band_check("TTFT (ms)", est["ttft_ms"], t["max_ttft_ms"], "<=",
+                       f"{where}; {p}-token prompt, load excluded" + _stated(t["ttft_prompt_tokens"], p)),
+            band_check("memory (MB)", est["memory_mb"], t["max_lm_memory_mb"], "<=",
+                       f"{where}; weights + KV cache at {ctx} tokens + runtime overhead"
+                       + _stated(t["lm_context_tokens"], ctx))]
+
+
+def band_check(name: str, m: dict, limit: float, op: str, basis: str) -> dict:
+    """PASS only when the whole band meets the target; a band that crosses it is uncertain (pass None)."""
+    if op == ">=":
+        ok = True if m["low"] >= limit else False if m["high"] < limit else None
+    else:
+        ok = True if m["high"] <= limit else False if m["low"] > limit else None
+    return {"name": name, "value": m["value"], "low": m["low"], "high": m["high"], "limit": limit, "op": op,
+            "pass": ok, "basis": f"{m['method']}; {basis}"}
+
+
+def estimate_verdict(est: dict, profile: dict, overrides: dict | None = None) -> dict:
+    """`pocketml estimate`'s verdict of one LM estimate against that device's own LM targets."""
+    from .verdict import RESULT, _result
+    t = targets(profile, overrides or {})
+    if not est["runs_on_device"]:
+        return {"result": "N/A: no runtime for this format", "checks": [], "targets": t["lm_source"]}
+    checks = estimate_checks(est, t)
+    return {**_result(checks), "targets": t["lm_source"]} if checks else {"result": RESULT[1], "checks": []}
+
+
+def phone_estimate(row: dict, profile: dict, s: LMSettings) -> dict:
+    """The LM estimate for a profiled row (its manifest was read and its files verified by the child), or
+    {"error": why}."""
+    from pocketml.runtime.errors import PocketmlError
+
+    from .estimate.lm_estimate import estimate_lm
+    try:
+        return estimate_lm(row["artifact"], profile, prompt=s.prompt_tokens, gen=s.gen_tokens, context=s.context,
+                           threads=PHONE_THREADS, verify=False)
+    except PocketmlError as exc:
+        return {"error": f"not estimated: {exc}"}
 
 
 def _stated(target_tokens: int, measured: int) -> str:

@@ -1,8 +1,9 @@
 """The language-model part of the profile report: its own table (terminal and report.md), the lines that
-say how and against what it was measured, and decode speed at context depth."""
+say how and against what it was measured, decode speed at context depth, and, with a device, the host
+measurement beside the phone estimate (each labelled), and `pocketml estimate`'s LM table."""
 from __future__ import annotations
 
-from .lm import NOT_ESTIMATED, is_lm_row
+from .lm import is_lm_row
 
 COLUMNS = ("artifact", "params", "size MB", "ppl change (ppl)", "next-token agree", "TTFT ms", "prefill tok/s",
            "decode tok/s", "decode p90 ms", "mem MB @ tokens", "verdict")
@@ -50,8 +51,10 @@ def header_lines(report: dict) -> list[str]:
              "the session with the KV cache holding the stated number of tokens."]
     if report.get("device"):
         d = report["device"]
-        lines.append(f"Device {d['display_name']}: language-model decode and TTFT are judged on the host measurement "
-                     f"against its budget ({NOT_ESTIMATED}).")
+        lines.append(f"Device {d['display_name']}: language-model decode, TTFT and memory are judged on the phone "
+                     "estimate (bandwidth model fitted on published phone measurements, docs/ESTIMATE.md) with its "
+                     "band, PASS only when the whole band meets the target; the host measurement is shown beside it "
+                     "and is not a phone number.")
     lines.append(f"LM targets ({t['lm_source']}): decode ≥ {t['min_decode_tokens_per_s']:g} tok/s, TTFT ≤ "
                  f"{t['max_ttft_ms']:g} ms at a {t['ttft_prompt_tokens']}-token prompt, memory ≤ "
                  f"{t['max_lm_memory_mb']:g} MB at {t['lm_context_tokens']} tokens, perplexity increase ≤ "
@@ -63,6 +66,11 @@ def header_lines(report: dict) -> list[str]:
 
 
 def depth_lines(report: dict, label) -> list[str]:
+    """Decode at depth per measured row, then the host measurement beside the phone estimate."""
+    return _depths(report, label) + estimate_lines(report, label)
+
+
+def _depths(report: dict, label) -> list[str]:
     return [f"Decode at depth, {label(r)}: " + ", ".join(f"{d['depth_tokens']} cached → "
                                                          f"{d['tokens_per_s']:.1f} tok/s" for d in r["depths"])
             + f" ({r['depths'][0]['decode_tokens']} steps each); KV cache {r['kv_bytes_per_token']} B/token, "
@@ -89,4 +97,68 @@ def markdown(report: dict, label) -> list[str]:
         out += ["", "| artifact | tokens cached | decode tok/s | p50 ms/token | steps |", "|---|---|---|---|---|"]
         out += [f"| {label(r)} | {d['depth_tokens']} | {d['tokens_per_s']:.1f} | {d['p50_ms']:.2f} | "
                 f"{d['decode_tokens']} |" for r in measured for d in r["depths"]]
+    return out + estimate_markdown(report, label)
+
+
+# ---------------------------------------------------------------- host measurement beside the phone estimate
+
+SIDE = (("TTFT ms", "ttft_ms", lambda r: r["ttft_ms"]),
+        ("prefill tok/s", "prefill_tokens_per_s", lambda r: r["prefill_tokens_per_s"]),
+        ("decode tok/s", "decode_tokens_per_s", lambda r: r["decode"]["tokens_per_s"]),
+        ("decode @ context tok/s", "decode_tokens_per_s_at_context", lambda r: r["depths"][-1]["tokens_per_s"]),
+        ("memory MB", "memory_mb", lambda r: r["peak_rss_added_mb"]))
+
+
+def _band_cell(m: dict) -> str:
+    return f"{_g(m['value'])} ({_g(m['low'])}–{_g(m['high'])})"
+
+
+def side_by_side(report: dict, label) -> list[list[str]]:
+    """[what, how, metric cells...] rows: the host measurement and the phone estimate of each LM artifact."""
+    out = []
+    for r in rows(report):
+        est = r.get("estimate") or {}
+        if r.get("status") == "measured":
+            out.append([label(r), r["measured"], *(_g(get(r)) for _, _, get in SIDE)])
+        if "decode_tokens_per_s" in est:
+            how = f"{est['decode_tokens_per_s']['method']} on {est['device']}, {est['threads']} threads"
+            out.append([label(r), how, *(_band_cell(est[key]) for _, key, _ in SIDE)])
+        elif est.get("error"):
+            out.append([label(r), est["error"], *("-" for _ in SIDE)])
     return out
+
+
+def estimate_lines(report: dict, label) -> list[str]:
+    return [f"{what}: {how}: " + ", ".join(f"{h} {c}" for (h, _, _), c in zip(SIDE, cells))
+            for what, how, *cells in side_by_side(report, label)]
+
+
+def estimate_markdown(report: dict, label) -> list[str]:
+    table = side_by_side(report, label)
+    if not table:
+        return []
+    head = ["artifact", "how obtained", *(h for h, _, _ in SIDE)]
+    return ["", "Host measurement beside the phone estimate (estimate: value (band low–high)):", "",
+            "| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(t) + " |" for t in table]
+
+
+def print_estimates(rows_: list[dict], console=None) -> None:
+    """`pocketml estimate`'s table for language-model rows, then each distinct note once."""
+    from rich.table import Table
+
+    from .report import make_console, styled
+    t = Table(title="pocketml estimate — language models: estimate (band low–high)")
+    for c in ("artifact", "device", "threads", "TTFT ms", "prefill tok/s", "decode tok/s", "decode @ ctx",
+              "memory MB", "verdict"):
+        t.add_column(c)
+    for e in rows_:
+        t.add_row(*styled([e["artifact"].rstrip("/").split("/")[-1], e["device"], str(e["threads"]),
+                           *(_band_cell(e[k]) for k in ("ttft_ms", "prefill_tokens_per_s", "decode_tokens_per_s",
+                                                        "decode_tokens_per_s_at_context", "memory_mb")),
+                           e["verdict"]["result"]]))
+    (console or make_console()).print(t)
+    for key, what in (("ttft_ms", "TTFT and prefill"), ("decode_tokens_per_s", "decode"), ("memory_mb", "memory")):
+        for m in sorted({e[key]["method"] for e in rows_}):
+            print(f"{what}: {m}")
+    for n in sorted({n for e in rows_ for n in e.get("notes", [])}):
+        print(f"note: {n}")

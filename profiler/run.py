@@ -214,7 +214,7 @@ def profile(paths, device: str | None = None, data: str | None = None, threads: 
             rows.append(profile_bare(art, s) if bare_format(art) else profile_one(art, explicit, s))
     for row in rows:
         if prof and lm_rows.is_lm_row(row):
-            row["estimate"] = {"error": lm_rows.NOT_ESTIMATED}
+            row["estimate"] = lm_rows.phone_estimate(row, prof, lm)      # manifest only (profiler/lm.py)
         elif prof and row.get("status") != "error":     # a refused artifact gets no estimate
             add_estimate(row, prof, threads, timeout)
         row["verdict"] = verdict.judge(row, targets, prof)

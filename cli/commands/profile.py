@@ -48,7 +48,8 @@ def profile(paths, device, data, reference, threads, warmup, runs, max_latency, 
     Exit 0 when every measured artifact passes, 6 when a target is missed or uncertain.
     A language model (text generation) gets load time, TTFT, prefill and decode tokens/s
     (per-token percentiles, and at KV-cache depth), memory with the cache filled, KV bytes per
-    token, and perplexity / next-token agreement against its fp32 reference; judged on the host.
+    token, and perplexity / next-token agreement against its fp32 reference; judged on the host,
+    or with --device on the phone estimate's band (docs/ESTIMATE.md), shown beside the host numbers.
     Examples:
       pocketml profile out/effnet --device pixel-7 --runs 50
       pocketml profile out/effnet/tflite-int8 --data ./images --max-latency 30ms --max-drop 1%
