@@ -32,6 +32,13 @@ from pathlib import Path
 OPSET = 21
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
 INT4_BLOCKS = (32, 128)
+# the fused graph (convert/llm/onnx_fusions.py) against the unfused one, both with float compute, relative to the
+# largest logit (the same arithmetic reordered: SmolLM2 int4 measured 5e-6). fp32 would fuse as exactly; it is
+# left unfused (the reference-like artifact, and genai_config's share-buffer flag stays as it was); fp16 is not
+# fused (onnxruntime's CPU kernels for the fused ops are float32)
+FUSED_PRECISIONS = ("int8", "int4")
+FUSION_TOLERANCE = 1e-4
+WEIGHTS_FROM = ("gguf", "requantize")      # int4 / int8 of a GGUF source: its own blocks, or re-quantized (gguf_weights)
 # int8 for LMs: blockwise activations survive the outliers of small LMs, per-tensor ones do not (SmolLM2-135M,
 # 512 tokens of CPython docstrings, vs fp32: blocks +0.7 % perplexity, top-1 0.96; dynamic +92 %, top-1 0.58)
 INT8_SCHEMES = {
@@ -225,11 +232,13 @@ def strip(path: Path) -> int:
 # ---------------------------------------------------------------- precisions
 
 def quantize(src: Path, dst: Path, precision: str, *, block_size: int = 32, keep_float=(), keep_int8=(),
-             int8_scheme: str = "blocks") -> dict:
+             int8_scheme: str = "blocks", gguf: dict | None = None, accuracy_level: int = 4) -> dict:
     """Derive `precision` from the fp32 graph `src`; returns the quantization record for the manifest.
     `keep_float` / `keep_int8`: node names left float / kept at 8 bits in an int4 graph (a
     mixed-precision search's choice). `int8_scheme`: "blocks" (MatMulNBits 8-bit, the default) or
-    "dynamic" (quantize_dynamic, per-tensor activations: measured far worse on SmolLM2, see INT8_SCHEMES)."""
+    "dynamic" (quantize_dynamic, per-tensor activations: measured far worse on SmolLM2, see INT8_SCHEMES).
+    `gguf` ({path, sha256}: `gguf_weights`): int4 / int8 carry that GGUF's own blocks (gguf_carry.py) at
+    MatMulNBits `accuracy_level` instead of re-quantizing the fp32 weights."""
     import onnx
 
     from pocketml.runtime.errors import UsageError
@@ -249,7 +258,9 @@ def quantize(src: Path, dst: Path, precision: str, *, block_size: int = 32, keep
     else:
         model = onnx.load(str(src))
         untied = _untie_lm_head(model)
-        if precision == "int8" and int8_scheme == "dynamic":
+        if gguf is not None:
+            record = _carried(model, dst, precision, gguf, list(keep_float), list(keep_int8), accuracy_level)
+        elif precision == "int8" and int8_scheme == "dynamic":
             record = _int8_dynamic(model, dst, list(keep_float))
         else:
             bits = 8 if precision == "int8" else 4
@@ -288,6 +299,88 @@ def _untie_lm_head(model) -> list[str]:
     for n in dead:
         model.graph.node.remove(n)
     return untied
+
+
+def _carried(model, dst: Path, precision: str, gguf: dict, keep_float: list[str], keep_int8: list[str],
+             accuracy_level: int) -> dict:
+    """The GGUF's own blocks in place of the MatMul weights and embedding tables holding its values
+    (convert/llm/gguf_carry.py); a weight it does not hold is re-quantized as `_blocks` would."""
+    from .gguf_carry import carry
+    gathers = _embedding_gathers(model)
+    record = carry(model, gguf["path"], precision, accuracy_level=accuracy_level,
+                   expected_sha256=gguf.get("sha256"), skip=[*keep_float, *keep_int8])
+    names = {n.name for n in model.graph.node}
+    left = [n for n in record.pop("left") + [g for g in gathers if g in names] if n not in keep_float]
+    bits = 8 if precision == "int8" else 4
+    model = _matmul_nbits(model, 8, 32, [n for n in left if n in keep_int8 or bits == 8])
+    model = _matmul_nbits(model, 4, 32, [n for n in left if n not in keep_int8 and bits == 4])
+    _gather_8bit(model, [n for n in left if n in gathers], 32)
+    _save(model, dst)
+    if left:
+        record["requantized_nodes"] = left
+    if keep_int8:
+        record["int8_nodes"] = sorted(set(keep_int8))
+    return record
+
+
+def gguf_weights(spec, precision: str, weights_from: str | None) -> tuple[dict | None, str | None]:
+    """Where an int4 / int8 graph's weights come from: ({path, sha256} of the GGUF to carry, None), or
+    (None, why not carried). `weights_from`: "gguf" (carry, or refuse with exit 3 naming each tensor that
+    cannot be), "requantize" (from the fp32 weights), None (carry when the source is a GGUF whose matrices
+    are all in types carried into `precision`: Q4_0 / Q4_1 (+ Q8_0) for int4, Q8_0 for int8)."""
+    from pocketml.runtime.errors import UnsupportedError, UsageError
+    from pocketml.runtime.gguf import read_gguf
+
+    from . import gguf_carry
+    if weights_from not in (None, *WEIGHTS_FROM):
+        raise UsageError(f"weights_from {weights_from!r}: choose from {', '.join(WEIGHTS_FROM)}")
+    if weights_from == "requantize" or precision not in gguf_carry.PRECISION_TYPES:
+        return None, "re-quantized from the fp32 weights" + (" (asked)" if weights_from else "")
+    path = gguf_carry.gguf_path(spec) if spec.gguf else None
+    if path is None:
+        if weights_from == "gguf":
+            raise UnsupportedError(f"{spec.name}: weights_from='gguf' needs a GGUF source still on disk; the source "
+                                   f"is {spec.source.get('kind')} {spec.source.get('id')}")
+        return None, "re-quantized from the fp32 weights (the source is not a GGUF file on disk)"
+    summary = read_gguf(path)
+    if weights_from == "gguf":
+        gguf_carry.check_carriable(summary, precision)
+    elif why := gguf_carry.refusals(summary, precision):
+        return None, ("re-quantized from the fp32 weights: the GGUF's blocks are not carried into "
+                      f"{precision} ({why[0]['node']} is {why[0]['op']}: {why[0]['reason']})")
+    return {"path": str(path), "sha256": spec.source.get("sha256")}, None
+
+
+def _fuse(path: Path, lay: DecoderLayout) -> dict:
+    """onnx_fusions (RMSNorm, residual + RMSNorm, attention → GroupQueryAttention) on the written graph,
+    kept only when its logits match the unfused graph's with float compute (FUSION_TOLERANCE): the counts
+    fused and the measured difference, or why the graph was left unfused."""
+    import onnx
+
+    from .onnx_fusions import fuse, logit_difference
+    if path.with_name(path.name + ".data").exists():
+        return {"kept": False, "why": "a graph with external data is not fused (the self-check needs it in memory)"}
+    model = onnx.load(str(path))
+    done = fuse(model, lay, lay.context_length)
+    if not any(done.values()):
+        return {**done, "kept": False, "why": "no pattern matched"}
+    try:
+        diff = logit_difference(onnx.load(str(path)), model, lay)
+    except Exception as exc:              # onnxruntime refusing the fused graph: keep the unfused one
+        return {**done, "kept": False, "why": f"onnxruntime: {type(exc).__name__}: {str(exc)[:200]}"}
+    tol = FUSION_TOLERANCE
+    if not diff <= tol:
+        return {**done, "kept": False, "why": f"fused logits differ by {diff:.2e} (relative), more than {tol:.0e}"}
+    _save(model, path)
+    return {**done, "kept": True, "max_logit_difference": diff}
+
+
+def _share_kv_buffer(genai_json: Path) -> None:
+    """GroupQueryAttention writes the new keys and values into the cache in place when past and present
+    are one buffer: say so to ONNX Runtime GenAI and the pocketml runtime (`past_present_share_buffer`)."""
+    cfg = json.loads(genai_json.read_text(encoding="utf-8"))
+    cfg["search"]["past_present_share_buffer"] = True
+    genai_json.write_text(json.dumps(cfg, indent=1), encoding="utf-8")
 
 
 def _fp16(model, dst: Path) -> dict:
@@ -484,18 +577,26 @@ def write_sidecars(out_dir: Path, lay: DecoderLayout, tokenizer_json: Path, fact
     """tokenizer.json (copied), tokenizer_config.json and genai_config.json into `out_dir`.
     Returns `facts` with the chat template and context length added."""
     out_dir = Path(out_dir)
-    shutil.copyfile(tokenizer_json, out_dir / "tokenizer.json")
     facts = {**facts, "chat_template": chat_template, "context_length": context_length or lay.context_length}
-    tokcfg = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": facts["bos_token"],
-              "eos_token": facts["eos_token"], "model_max_length": facts["context_length"],
-              "add_bos_token": facts["add_bos_token"], "clean_up_tokenization_spaces": False}
-    if chat_template:
-        tokcfg["chat_template"] = chat_template
-    (out_dir / "tokenizer_config.json").write_text(json.dumps(tokcfg, indent=1, ensure_ascii=False), encoding="utf-8")
+    write_tokenizer_files(out_dir, tokenizer_json, facts, facts["context_length"], chat_template)
     gcfg = genai_config(lay, bos_token_id=facts["bos_token_id"], eos_token_id=facts["eos_token_ids"] or [0],
                         pad_token_id=facts["pad_token_id"], context_length=facts["context_length"])
     (out_dir / "genai_config.json").write_text(json.dumps(gcfg, indent=1), encoding="utf-8")
     return facts
+
+
+def write_tokenizer_files(out_dir: Path, tokenizer_json: Path, facts: dict, context_length: int,
+                          chat_template: str | None = None) -> None:
+    """tokenizer.json (copied) and tokenizer_config.json (bos/eos strings, the context length, the chat
+    template the pocketml runtime renders): the tokenizer side files of an LM artifact (`token_facts`)."""
+    out_dir = Path(out_dir)
+    shutil.copyfile(tokenizer_json, out_dir / "tokenizer.json")
+    tokcfg = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": facts["bos_token"],
+              "eos_token": facts["eos_token"], "model_max_length": context_length,
+              "add_bos_token": facts["add_bos_token"], "clean_up_tokenization_spaces": False}
+    if chat_template:
+        tokcfg["chat_template"] = chat_template
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(tokcfg, indent=1, ensure_ascii=False), encoding="utf-8")
 
 
 def _adds_bos(tokenizer_json: Path, bos) -> bool:
@@ -515,15 +616,27 @@ def export(module, config, tokenizer_json: Path, out_dir: Path, precision: str =
     its sidecars. `work`: a directory that keeps the fp32 graph between precisions
     (`work/decoder-fp32.onnx`, exported once); without it the graph is made in `out_dir` and removed.
     Token ids not given come from the config; `context_length` (default: the config's maximum) is what
-    the sidecars declare. `quant_options`: `quantize`'s keep_float / keep_int8 / int8_scheme.
+    the sidecars declare. `quant_options`: `quantize`'s keep_float / keep_int8 / int8_scheme / gguf /
+    accuracy_level, and `fuse` (default True: fp32 / int8 / int4 graphs get onnxruntime's LLM ops, `_fuse`).
     Returns {layout, quantization, tokens, files}."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     base = (Path(work) if work is not None else out_dir) / "decoder-fp32.onnx"
     lay = layout(config) if base.exists() else export_fp32(module, config, base)
     lay = replace(lay, context_length=context_length or lay.context_length)
+    if groups := quant_options.pop("keep_int8_groups", ()):     # weight groups (convert/llm/groups.py) → nodes
+        import onnx
+
+        from .groups import onnx_nodes
+        quant_options["keep_int8"] = onnx_nodes(onnx.load(str(base), load_external_data=False), config, groups)
+    fuse = quant_options.pop("fuse", True)
     try:
         record = quantize(base, out_dir / "model.onnx", precision, block_size=block_size, **quant_options)
+        if groups:
+            record["int8_groups"] = list(groups)
+        if fuse and precision in FUSED_PRECISIONS:
+            record["fused"] = _fuse(out_dir / "model.onnx", lay)
+            record["nodes"] = _op_counts(out_dir / "model.onnx")
     finally:
         if work is None:
             for p in (base, base.with_name(base.name + ".data")):
@@ -532,13 +645,50 @@ def export(module, config, tokenizer_json: Path, out_dir: Path, precision: str =
                         pad_token_id=pad_token_id)
     facts = write_sidecars(out_dir, lay, tokenizer_json, facts, chat_template=chat_template,
                            context_length=lay.context_length)
+    if record.get("fused", {}).get("kept") and record["fused"].get("attention"):
+        _share_kv_buffer(out_dir / "genai_config.json")
     files = sorted(p.name for p in out_dir.iterdir() if p.is_file())
     return {"layout": lay.as_dict(), "quantization": record, "tokens": facts, "files": files}
 
 
-def export_spec(spec, out_dir: Path, precision: str = "fp32", *, work: Path | None = None, block_size: int = 32) -> dict:
+def export_spec(spec, out_dir: Path, precision: str = "fp32", *, work: Path | None = None, block_size: int = 32,
+                keep_int8=(), weights_from: str | None = None, int4_source: str | None = None,
+                accuracy_level: int = 4) -> dict:
     """`export` for a `convert.llm.spec.CausalLMSpec` (module, config, tokenizer.json, chat template,
-    token ids and the context length it is built for)."""
-    return export(spec.module, spec.config, spec.tokenizer_json, out_dir, precision, work=work, block_size=block_size,
+    token ids and the context length it is built for). `keep_int8`: weight groups kept at int8 in an
+    int4 graph ("embedding", "attention.<i>", "feedforward.<i>": convert/llm/groups.py).
+    `weights_from` (or the recipe's name for it, `int4_source`): "gguf" | "requantize" | None (`gguf_weights`:
+    a GGUF source's own blocks are carried into int4 / int8 by default); `accuracy_level`: MatMulNBits'
+    compute of carried weights (4: int8 activations, the fastest; 0: float)."""
+    carried, why = _carry_option(spec, precision, weights_from or int4_source, block_size, accuracy_level)
+    return _noted(carried, why, export(
+                  spec.module, spec.config, spec.tokenizer_json, out_dir, precision, work=work, block_size=block_size,
+                  keep_int8_groups=tuple(keep_int8), **carried,
                   chat_template=spec.chat_template, context_length=spec.context, bos_token_id=spec.bos_token_id,
-                  eos_token_ids=list(spec.eos_token_ids), pad_token_id=spec.pad_token_id)
+                  eos_token_ids=list(spec.eos_token_ids), pad_token_id=spec.pad_token_id))
+
+
+def _noted(carried: dict, why: str | None, result: dict) -> dict:
+    """The export's result with where its int4 / int8 weights came from (the record, and a note to log)."""
+    record = result["quantization"]
+    if carried:
+        result["notes"] = [*result.get("notes", []), record["summary"]]
+    elif why is not None:
+        record.update(weights_from="requantize", not_carried=why)
+    return result
+
+
+def _carry_option(spec, precision: str, weights_from: str | None, block_size: int,
+                  accuracy_level: int) -> tuple[dict, str | None]:
+    """`quantize`'s gguf / accuracy_level keywords for `export_spec` (empty: re-quantize as before)."""
+    from pocketml.runtime.errors import UsageError
+    if precision not in ("int4", "int8") or weights_from == "requantize":
+        _, why = gguf_weights(spec, precision, weights_from)          # checks the value
+        return {}, why if spec.gguf and precision in ("int4", "int8") else None
+    if block_size != 32:
+        if weights_from == "gguf":
+            raise UsageError(f"weights_from='gguf' carries the GGUF's blocks of 32; int4 block size {block_size} "
+                             "means re-quantizing (weights_from='requantize')")
+        return {}, f"re-quantized from the fp32 weights (int4 block size {block_size} asked)"
+    gguf, why = gguf_weights(spec, precision, weights_from)
+    return ({}, why) if gguf is None else ({"gguf": gguf, "accuracy_level": accuracy_level}, None)
