@@ -14,21 +14,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-
-def ensure_artifacts(model: str, out: Path, formats_: list[str], precisions: list[str]) -> list[Path]:
-    from pocketml.convert import Recipe, run
-    from pocketml.runtime.formats import artifact_name
-    from pocketml.runtime.quiet import quiet
-    quiet(verbose=False)
-    want = [out / artifact_name(f, p) for f in formats_ for p in precisions]
-    if any(not (a / "manifest.json").is_file() for a in want):
-        run(Recipe(model=model, formats=formats_, precisions=precisions), out, log=print)
-    return [a for a in want if (a / "manifest.json").is_file()]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lm_common import ensure_artifacts  # noqa: E402
 
 
 def measured(art: Path, threads: int, prompt: int, gen: int) -> dict:
