@@ -1,8 +1,11 @@
-"""The demo's conversions: both built-in models × every format × fp32/fp16/int8, two jobs at a time on two cores.
+"""The demo's conversions, two jobs at a time on two cores: EfficientNet-Lite0 and MiniLM × every format ×
+fp32/fp16/int8, and SmolLM2-135M (a causal LM) × ONNX/TFLite/Core ML × int8/int4 (Core ML checked
+structurally: it runs only on Apple's OS).
 
 Each job converts one model for some formats in its own (spawned) process with its share of the cores,
 so parallel jobs do not oversubscribe them; the formats of one model are split across jobs where one
-format's converter dominates (EfficientNet's TFLite static int8).
+format's converter dominates (EfficientNet's TFLite static int8, SmolLM2's ONNX and TFLite exports).
+The jobs are listed longest first, so the two workers finish close together.
 """
 from __future__ import annotations
 
@@ -11,21 +14,29 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-# (model, output sub-directory, formats)
-DEMO_JOBS = (("efficientnet-lite0", "effnet", ("tflite",)), ("efficientnet-lite0", "effnet", ("onnx", "coreml")),
-             ("minilm-l6", "minilm", ("onnx", "tflite", "coreml")))
 DEMO_PRECISIONS = ("fp32", "fp16", "int8")
+LM_PRECISIONS = ("int8", "int4")
+# (model, output sub-directory, formats, precisions), longest first
+DEMO_JOBS = (("smollm2-135m", "smollm2", ("onnx",), LM_PRECISIONS),
+             ("smollm2-135m", "smollm2", ("tflite", "coreml"), LM_PRECISIONS),
+             ("efficientnet-lite0", "effnet", ("tflite",), DEMO_PRECISIONS),
+             ("efficientnet-lite0", "effnet", ("onnx", "coreml"), DEMO_PRECISIONS),
+             ("minilm-l6", "minilm", ("onnx", "tflite", "coreml"), DEMO_PRECISIONS))
 
 
 def demo_formats() -> list[str]:
-    return sorted({f for _, _, fs in DEMO_JOBS for f in fs})
+    return sorted({f for _, _, fs, _ in DEMO_JOBS for f in fs})
+
+
+def demo_models() -> list[str]:
+    return list(dict.fromkeys(m for m, _, _, _ in DEMO_JOBS))
 
 
 def demo_outputs(out: Path) -> list[Path]:
-    return [Path(out) / sub for sub in dict.fromkeys(sub for _, sub, _ in DEMO_JOBS)]
+    return [Path(out) / sub for sub in dict.fromkeys(sub for _, sub, _, _ in DEMO_JOBS)]
 
 
-def _job(model: str, sub: str, formats: tuple, out: str, verbose: bool, threads: int,
+def _job(model: str, sub: str, formats: tuple, precisions: tuple, out: str, verbose: bool, threads: int,
          options: dict) -> list[tuple[str, int, str]]:
     """Run in a worker process; returns (artifact, exit code, message) for each failure."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
@@ -39,7 +50,7 @@ def _job(model: str, sub: str, formats: tuple, out: str, verbose: bool, threads:
 
     def log(line):
         print(f"[{model}] {line.strip()}", flush=True)
-    outcomes = run(Recipe(model=model, formats=list(formats), precisions=list(DEMO_PRECISIONS), options=dict(options)),
+    outcomes = run(Recipe(model=model, formats=list(formats), precisions=list(precisions), options=dict(options)),
                    Path(out) / sub, log=log)
     return [(f"{model} {o.name}", o.error.exit_code, str(o.error)) for o in outcomes if o.error]
 
@@ -49,7 +60,7 @@ def convert_all(out: Path, jobs: int, verbose: bool, options: dict) -> list[tupl
     threads = max(1, (os.cpu_count() or 1) // jobs)
     failed = []
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_job, m, sub, f, str(out), verbose, threads, options) for m, sub, f in DEMO_JOBS]
+        futures = [pool.submit(_job, m, sub, f, p, str(out), verbose, threads, options) for m, sub, f, p in DEMO_JOBS]
         for fut in futures:
             failed += fut.result()
     return failed

@@ -115,6 +115,8 @@ class Format:
     estimate_calibrated: bool = False       # the latency model was fitted on measurements of this format
     lm_exporter: str | None = None          # dotted path: (CausalLMSpec, out_dir, precision, work=) -> dict (torch)
     lm_runtime: str | None = None           # dotted path: artifact dir -> runtime.lm.LanguageModel (torch-free)
+    lm_structure_check: str | None = None   # dotted path: (artifact dir, declared IO, precision) -> validation, for
+                                            # an LM where it cannot run (host_support): what is checked instead
 
     def host_support(self, platform: str | None = None) -> str | None:
         """None when artifacts of this format run on this host, else the reason they cannot."""
@@ -144,6 +146,9 @@ class Format:
 
     def lm_load(self):
         return _load(self.lm_runtime)
+
+    def lm_check_structure(self):
+        return _load(self.lm_structure_check)
 
     def exporter_module(self):
         return _load(self.exporter)
@@ -191,8 +196,9 @@ ONNX = Format(
                   ANY: Capability("weight-only int8 (per-channel weights stored int8, DequantizeLinear; float compute)",
                                   weight_only=True)},
         "int4": {"cnn": refused("onnxruntime has no int4 convolution kernel (MatMulNBits is MatMul only)"),
-                 ANY: Capability("weight-only int4, blocks of 32 (MatMulNBits for MatMul, GatherBlockQuantized for "
-                                 "embeddings); int8 compute (accuracy_level 4)", weight_only=True)},
+                 ANY: Capability("int4 weights in blocks of 32 (language models: 32 or 128, --int4-block; MatMulNBits "
+                                 "for MatMul, GatherBlockQuantized for embeddings); activations quantized to int8 at "
+                                 "run time (accuracy_level 4)")},
     },
     observers={"percentile": "range covering 99.999 % of a histogram of the values (onnxruntime Percentile)",
                "minmax": "smallest and largest value seen (onnxruntime MinMax)",
@@ -236,8 +242,9 @@ TFLITE = Format(
                "minmax": "smallest and largest value seen (PT2E MinMaxObserver)"},
 )
 
-_NO_COREML_DECODER = refused("a stateful Core ML decoder (KV cache as model state, iOS 18) is not built by "
-                             "pocketml yet; convert language models to onnx or tflite")
+_COREML_LM_STATE = "KV cache as float16 model state (iOS 18)"
+_COREML_LM_INT8 = ("weight-only int8, symmetric per output channel (coremltools linear_quantize_weights); fp16 "
+                   f"activations, {_COREML_LM_STATE}")
 
 COREML = Format(
     name="coreml", title="Core ML (ML Program)", suffixes=(".mlpackage", ".mlmodel"), model_file="model.mlpackage",
@@ -252,17 +259,24 @@ COREML = Format(
     needs_os="darwin",
     needs_os_reason="Core ML needs macOS (or iOS) to run: its runtime is part of Apple's OS and this host is "
                     "{platform}; validate it on a Mac or profile it on an iPhone",
+    lm_exporter="pocketml.convert.llm.coreml_export:export_spec", lm_runtime="pocketml.runtime.lm.coreml_lm:load_dir",
+    lm_structure_check="pocketml.runtime.lm.coreml_structure:check",
     capabilities={
-        "fp32": {"lm-decoder": _NO_COREML_DECODER, ANY: NONE},
-        "fp16": {"lm-decoder": _NO_COREML_DECODER, ANY: Capability("fp16 compute (ML Program)", fp16_activations=True)},
-        "int8": {"lm-decoder": _NO_COREML_DECODER,
+        "fp32": {"lm-decoder": Capability(f"fp32 weights and compute; {_COREML_LM_STATE}"), ANY: NONE},
+        "fp16": {"lm-decoder": Capability(f"fp16 weights and compute (ML Program); {_COREML_LM_STATE}",
+                                       fp16_activations=True),
+                 ANY: Capability("fp16 compute (ML Program)", fp16_activations=True)},
+        "int8": {"lm-decoder": Capability(_COREML_LM_INT8 + " — int8 activations need calibration that runs Core ML, "
+                                       "i.e. macOS", weight_only=True, fp16_activations=True),
                  ANY: Capability("weight-only int8 per-channel (coremltools.optimize); activations fp16 — "
                                  "int8 activations need calibration that runs Core ML, i.e. macOS", weight_only=True,
                                  fp16_activations=True)},
-        "int8w": {"lm-decoder": _NO_COREML_DECODER,
+        "int8w": {"lm-decoder": Capability(_COREML_LM_INT8, weight_only=True, fp16_activations=True),
                   ANY: Capability("weight-only int8 per-channel (coremltools.optimize); activations fp16",
                                   weight_only=True, fp16_activations=True)},
-        "int4": {"lm-decoder": _NO_COREML_DECODER,
+        "int4": {"lm-decoder": Capability("weight-only int4, symmetric blocks of 32 (coremltools linear_quantize_weights "
+                                       f"per_block); fp16 activations, {_COREML_LM_STATE}", weight_only=True,
+                                       fp16_activations=True),
                  ANY: Capability("4-bit palettization (16-entry k-means lookup table per weight tensor, "
                                  "coremltools.optimize); activations fp16", weight_only=True, fp16_activations=True)},
     },

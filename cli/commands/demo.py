@@ -19,7 +19,8 @@ from ..common import ALLOW_SYMLINKED_OUTPUT, exits_on_error, verbose
 @ALLOW_SYMLINKED_OUTPUT
 @click.pass_context
 def demo(ctx, out_dir, device, runs, jobs, allow_symlinked_output):
-    """Convert both built-in models to ONNX, TFLite and Core ML (fp32, fp16, int8), profile, report.
+    """Convert the built-in models (EfficientNet-Lite0, MiniLM: ONNX, TFLite, Core ML × fp32, fp16, int8;
+    SmolLM2-135M: ONNX, TFLite, Core ML × int8, int4), profile, report.
 
     \b
     Example:
@@ -33,11 +34,11 @@ def demo(ctx, out_dir, device, runs, jobs, allow_symlinked_output):
     with exits_on_error():
         check_versions(CONVERT_PACKAGES)
         from pocketml.convert.pipeline import check_extras   # exit 7 naming the extra, before torch is imported
-        from pocketml.convert.demo import DEMO_PRECISIONS, convert_all, demo_formats, demo_outputs
+        from pocketml.convert.demo import DEMO_JOBS, convert_all, demo_formats, demo_outputs
         check_extras(demo_formats())
         out = output_dir(out_dir, allow_symlinked_output)     # exit 4 on a symlink, nothing created
-        click.echo(f"converting efficientnet-lite0 and minilm-l6 → {', '.join(demo_formats())} × "
-                   f"{', '.join(DEMO_PRECISIONS)} ({jobs} jobs in parallel)")
+        click.echo(f"converting ({jobs} jobs in parallel): " + "; ".join(
+            f"{m} → {','.join(f)} × {','.join(p)}" for m, _, f, p in DEMO_JOBS))
         failed = convert_all(out, jobs, verbose(ctx),
                              {"allow_symlinked_output": True} if allow_symlinked_output else {})
         click.echo(f"conversions done in {time.perf_counter() - t0:.0f} s")

@@ -36,7 +36,7 @@ def run(recipe, out_dir: Path, log=print) -> list:
     """`convert.pipeline.run` for a causal LM reference (built-in, .gguf, or HF dir with --task text-generation)."""
     from ..pipeline import Outcome, check_extras, quiet_torch
     from .sources import load_causal_lm
-    recipe.check()
+    recipe.check(generative=True)
     check_extras(recipe.formats)
     quiet_torch()
     out_dir = output_dir(Path(out_dir), recipe.options.get("allow_symlinked_output", False))
@@ -112,20 +112,24 @@ def export_one(spec, recipe, fmt: str, precision: str, out_dir: Path, work: Path
     if cap.refused:
         raise UnsupportedError(f"{spec.name}: {fmt} {precision} is not available for causal LMs: {cap.refused}")
     name = formats.artifact_name(fmt, precision)
+    options = exporter_options(recipe, precision)
+    mixed = None
+    if precision == "int4" and recipe.options.get("max_drop") is not None:
+        from .mixed import search
+        mixed = search(spec, entry, ref.lm, recipe.options["max_drop"], work, log, **options)
+        options["keep_int8"] = mixed["int8_groups"]
     with staging_dir(out_dir / name) as tmp:
-        result = entry.lm_export()(spec, tmp, precision, work=work)
-        lm = entry.lm_load()(tmp)
-        try:
-            validation = validate(lm, ref, precision, f"{spec.name} {name}")
-            generation = {"layout": result.get("layout"), "tokens": result.get("tokens"), "context_length": spec.context,
-                          "backend": lm.backend, "kv_bytes_per_token": kv_bytes_per_token(lm)}
-        finally:
-            lm.close()
+        result = entry.lm_export()(spec, tmp, precision, work=work, **options)
+        if mixed is not None:
+            result.setdefault("quantization", {})["mixed_precision"] = mixed
+        validation, generation = checked(entry, spec, tmp, result, ref, precision, f"{spec.name} {name}")
         from pocketml.runtime import census
         measured = census.measure(tmp / entry.model_file, fmt)
         if why := census.missing_precision(precision, measured):
             raise ValidationFailed(f"{spec.name} {name}: {why}; not published", measured=measured)
-        ins, outs = entry.read_io(tmp / entry.model_file) if entry.io_reader else ([], [])
+        io = result.get("io") or {}             # what an exporter declares where no IO reader reads the file
+        ins, outs = entry.read_io(tmp / entry.model_file) if entry.io_reader else (
+            [TensorSpec.from_dict(t) for t in io.get("inputs", [])], [TensorSpec.from_dict(t) for t in io.get("outputs", [])])
         manifest = Manifest(
             name=spec.name, format=fmt, precision=precision, model_file=entry.model_file,
             inputs=[TensorSpec(t.name, t.shape, t.dtype) for t in ins],
@@ -141,6 +145,47 @@ def export_one(spec, recipe, fmt: str, precision: str, out_dir: Path, work: Path
         write_file_atomic(tmp / "manifest.json", manifest.to_json().encode())
         path = publish(tmp, out_dir / name)
     return Outcome(name, path, manifest, seconds=time.perf_counter() - t0)
+
+
+def exporter_options(recipe, precision: str) -> dict:
+    """What the recipe asks of a language-model exporter, as its keyword arguments."""
+    options = {}
+    if precision == "int4":
+        options["block_size"] = int(recipe.options.get("int4_block", 32))
+    return options
+
+
+def checked(entry, spec, tmp: Path, result: dict, ref: Reference, precision: str, where: str) -> tuple[dict, dict]:
+    """(validation, generation facts) of a staged artifact: on the artifact's own runtime against the fp32
+    reference; where the format cannot run on this host (`host_support`, Core ML off macOS) the registry's
+    structural check instead, which never reports a number it did not measure. Artifacts whose activations
+    are fp16 on the device also get the fp16 range check of the reference (convert/fp16_range.py)."""
+    generation = {"layout": result.get("layout"), "tokens": result.get("tokens"), "context_length": spec.context}
+    if (why := entry.host_support()) is not None:
+        declared = {**(result.get("io") or {}), "block_size": result.get("quantization", {}).get("block_size")}
+        validation = {**entry.lm_check_structure()(tmp, declared, precision), "host": why}
+        generation.update(backend=None, kv_bytes_per_token=(result.get("layout") or {}).get("kv_bytes_per_token"))
+    else:
+        lm = entry.lm_load()(tmp)
+        try:
+            validation = validate(lm, ref, precision, where)
+            generation.update(backend=lm.backend, kv_bytes_per_token=kv_bytes_per_token(lm))
+        finally:
+            lm.close()
+    if (fp16 := fp16_range_check(spec, ref, entry.name, precision, where)) is not None:
+        validation["fp16_range"] = fp16
+    return validation, generation
+
+
+def fp16_range_check(spec, ref: Reference, fmt: str, precision: str, where: str) -> dict | None:
+    """The fp16 range report (None where activations are not fp16: format registry), over the reference's
+    module outputs on the held-out sequences, measured once per model; exit 5 beyond ±65504."""
+    from .. import fp16_range
+    if not fp16_range.has_fp16_activations(fmt, precision, family(spec.family).kind):
+        return None
+    if getattr(ref, "fp16_ranges", None) is None:
+        ref.fp16_ranges = fp16_range.activation_ranges(spec.module, [[s[None]] for s in ref.sequences])
+    return fp16_range.check(ref.fp16_ranges, where, f"{TEXT_SOURCE} ({len(ref.sequences)} sequences)")
 
 
 def kv_bytes_per_token(lm) -> int | None:
@@ -165,6 +210,8 @@ def validate(lm, ref: Reference, precision: str, where: str) -> dict:
 
 
 def describe(v: dict) -> str:
+    if "stats" not in v:                        # checked structurally (the format does not run here)
+        return f"{v['status']} check passed ({len(v.get('checked', []))} checks); numerics {v.get('numerics')}"
     s = v["stats"]
     greedy = s.get("greedy", {})
     return (f"validated on {v['samples']}×{v['tokens_per_sample']} tokens: next-token agree "
