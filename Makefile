@@ -4,6 +4,9 @@ PY := $(VENV)/bin/python
 # A CPU build of torch; override for other platforms, e.g. TORCH_SPEC="torch==2.13.0 --index-url <cpu index>".
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
+# the suite in two processes, one per core; a test file's tests stay in one process (module fixtures: one
+# real-model conversion per file). TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= 2
 
 .PHONY: install demo test test-fast bench clean peers
 
@@ -23,10 +26,10 @@ demo: install
 	$(VENV)/bin/pocketml demo -o out
 
 test: install
-	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: install
-	$(VENV)/bin/pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 bench: install
 	$(PY) benchmarks/formats.py

@@ -71,9 +71,9 @@ def main() -> int:
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--gen-tokens", type=int, default=128)
     args = ap.parse_args()
-    from pocketml.profiler.host import describe
+    from pocketml.profiler.host import cpu_line, describe
     threads = [int(t) for t in args.threads.split(",")]
-    print(f"Host: {describe(threads[0])}; prompt {args.prompt_tokens} tokens, {args.gen_tokens} greedy tokens; "
+    print(f"Host: {describe(threads[0])}, {cpu_line()}; prompt {args.prompt_tokens} tokens, {args.gen_tokens} greedy tokens; "
           "quality against the fp32 reference on the held-out text of reference/.\n")
     print("| model | artifact | threads | size MB | ppl change / next-token agree | TTFT ms | prefill tok/s | "
           "decode tok/s | peak MB |")

@@ -240,11 +240,11 @@ def parse() -> argparse.Namespace:
 
 def main() -> int:
     args = parse()
-    from pocketml.profiler.host import cpu_model
+    from pocketml.profiler.host import cpu_line
     from pocketml.runtime.atomic import write_file_atomic
     wanted = set(args.peers.split(","))
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
-    print(f"Host: {cpu_model()}, {os.cpu_count()} logical CPUs, load average {os.getloadavg()[0]:.2f} at the start; "
+    print(f"Host: {cpu_line()}, {os.cpu_count()} logical CPUs, load average {os.getloadavg()[0]:.2f} at the start; "
           f"prompt {args.prompt_tokens} tokens, {args.gen_tokens} greedy tokens (EOS ignored), context {CONTEXT}; "
           f"medians of {args.repeats} repeat(s), order alternated, each row in its own process; quality scored "
           f"once per row at {args.threads[0]} thread(s).\n")

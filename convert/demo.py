@@ -1,6 +1,6 @@
 """The demo's conversions, two jobs at a time on two cores: EfficientNet-Lite0 and MiniLM × every format ×
-fp32/fp16/int8, and SmolLM2-135M (a causal LM) × ONNX/TFLite/Core ML × int8/int4 (Core ML checked
-structurally: it runs only on Apple's OS).
+fp32/fp16/int8, and SmolLM2-135M (a causal LM) × ONNX/TFLite × int8/int4 plus Core ML int4 (checked
+structurally: Core ML runs only on Apple's OS).
 
 Each job converts one model for some formats in its own (spawned) process with its share of the cores,
 so parallel jobs do not oversubscribe them; the formats of one model are split across jobs where one
@@ -18,7 +18,8 @@ DEMO_PRECISIONS = ("fp32", "fp16", "int8")
 LM_PRECISIONS = ("int8", "int4")
 # (model, output sub-directory, formats, precisions), longest first
 DEMO_JOBS = (("smollm2-135m", "smollm2", ("onnx",), LM_PRECISIONS),
-             ("smollm2-135m", "smollm2", ("tflite", "coreml"), LM_PRECISIONS),
+             ("smollm2-135m", "smollm2", ("tflite",), LM_PRECISIONS),
+             ("smollm2-135m", "smollm2", ("coreml",), ("int4",)),
              ("efficientnet-lite0", "effnet", ("tflite",), DEMO_PRECISIONS),
              ("efficientnet-lite0", "effnet", ("onnx", "coreml"), DEMO_PRECISIONS),
              ("minilm-l6", "minilm", ("onnx", "tflite", "coreml"), DEMO_PRECISIONS))

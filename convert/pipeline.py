@@ -54,6 +54,8 @@ class Recipe:
         if self.options.get("int4_block") is not None and not generative:
             raise UsageError("--int4-block applies to language models (ONNX MatMulNBits / TFLite int4 blocks); "
                              "other models' int4 uses blocks of 32")
+        if self.options.get("gguf_weights") is not None and not generative:
+            raise UsageError("--gguf-weights applies to language models loaded from a GGUF file")
 
     def check_lm_options(self) -> None:
         """--max-drop for a language model: the largest relative perplexity increase an int4 artifact may
@@ -61,6 +63,7 @@ class Recipe:
         block = self.options.get("int4_block")
         if block is not None and int(block) not in (32, 128):
             raise UsageError(f"--int4-block {block}: int4 blocks are 32 or 128 weights")
+        self.check_gguf_weights()
         max_drop = self.options.get("max_drop")
         if max_drop is None:
             return
@@ -74,6 +77,21 @@ class Recipe:
             raise UsageError(f"--max-drop measures each trial on its own runtime, which cannot run "
                              f"{', '.join(unmeasurable)} here ({formats.get(unmeasurable[0]).host_support()}); "
                              "convert those formats in a separate command without --max-drop")
+
+    def check_gguf_weights(self) -> None:
+        """--gguf-weights carry|requantize: where an int4 / int8 ONNX decoder's weights come from when the
+        source is a GGUF (default: carried when every matrix is a carried block type)."""
+        from .llm.pipeline import CARRIES_GGUF, GGUF_WEIGHTS
+        choice = self.options.get("gguf_weights")
+        if choice is None:
+            return
+        if choice not in GGUF_WEIGHTS:
+            raise UsageError(f"--gguf-weights {choice}: choose from {', '.join(GGUF_WEIGHTS)}")
+        if not {"int4", "int8"} & set(self.precisions):
+            raise UsageError("--gguf-weights chooses the weights of int4 / int8 artifacts: add --precision int4 or int8")
+        if choice == "carry" and (other := [f for f in self.formats if f not in CARRIES_GGUF]):
+            raise UsageError(f"--gguf-weights carry: only {', '.join(CARRIES_GGUF)} carries a GGUF's own blocks; "
+                             f"{', '.join(other)} re-quantize (convert them in a separate command without it)")
 
     def check_max_drop(self) -> None:
         """--max-drop drives the mixed-precision search, implemented for ONNX int8 (exporters/mixed.py)."""
@@ -256,7 +274,12 @@ def validate_artifact(tmp: Path, manifest: Manifest, spec, refs, data, precision
         return {**report, "status": "structural-only", "numeric": f"not run: {why}",
                 "reference": "torch fp32 (eager)", "data": data.source, "samples": len(data)}
     session = fmt.session()(tmp, manifest, threads=DEFAULT_THREADS)
-    return validate.validate(session, spec, refs, data, precision)
+    report = validate.validate(session, spec, refs, data, precision)
+    if (why := validate.saturating_host(manifest.format, manifest.quantization)) is not None:
+        exact = fmt.session()(tmp, manifest, threads=DEFAULT_THREADS, fuse_quantized=False)
+        report["without_host_int8_kernels"] = {**validate.validate(exact, spec, refs, data, precision)["stats"],
+                                               "why": why}
+    return report
 
 
 # pocketml packages whose code can shape an artifact: everything but the command line (whose choices

@@ -82,13 +82,17 @@ def check_shape(arr: np.ndarray, spec, where: str) -> None:
 class OnnxSession(Session):
     backend = "onnxruntime"
 
-    def __init__(self, artifact_dir, manifest, threads):
+    def __init__(self, artifact_dir, manifest, threads, *, fuse_quantized: bool = True):
+        """`fuse_quantized=False`: no graph optimization, so a QDQ graph runs as DequantizeLinear → float op →
+        QuantizeLinear (the integer semantics without the host's int8 kernels: see convert/validate.py)."""
         super().__init__(artifact_dir, manifest, threads)
         ort = require_dependency("onnxruntime", "onnxruntime", "running ONNX artifacts")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        if not fuse_quantized:
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         with reading(self.model_path, "the model with onnxruntime"):    # Fail, InvalidProtobuf, …
             self._sess = ort.InferenceSession(str(self.model_path), opts, providers=["CPUExecutionProvider"])
         self._out_names = [o.name for o in self._sess.get_outputs()]

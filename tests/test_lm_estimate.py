@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 from pathlib import Path
 
@@ -209,11 +210,13 @@ def test_tampered_artifact_is_refused_exit_4(tiny_lm, tmp_path):
 
 # ---------------------------------------------------------------- the real SmolLM2 (converted by pocketml)
 
-LLMB = Path("/tmp/llmb/smollm2-135m")
+# SmolLM2's artifacts as `make demo` leaves them (or POCKETML_SMOLLM2_ARTIFACTS=DIR)
+LLMB = Path(os.environ.get("POCKETML_SMOLLM2_ARTIFACTS", Path(__file__).resolve().parents[1] / "out" / "smollm2"))
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (LLMB / "tflite-int4" / "manifest.json").is_file(), reason="no SmolLM2 artifacts in /tmp/llmb")
+@pytest.mark.skipif(not (LLMB / "tflite-int4" / "manifest.json").is_file(),
+                    reason=f"no SmolLM2 artifacts in {LLMB} (run `make demo`, or set POCKETML_SMOLLM2_ARTIFACTS)")
 def test_smollm2_on_pixel7():
     r = run_cli("estimate", LLMB / "tflite-int4", LLMB / "tflite-int8", "--device", "pixel-7", "--json")
     assert r.exit_code == 0, r.output

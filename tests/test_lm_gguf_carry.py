@@ -5,6 +5,7 @@ de-quantize to exactly the reference's weights; its logits equal torch's at accu
 are not carried and truncated files are refused. One slow test on the real SmolLM2 (`-m slow`)."""
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from pocketml.convert.llm import onnx_export as ox  # noqa: E402
 from pocketml.runtime.errors import UnsafeInputError, UnsupportedError  # noqa: E402
 from pocketml.runtime.gguf import read_gguf  # noqa: E402
 from pocketml.runtime.lm import onnx_lm  # noqa: E402
+from conftest import run_cli  # noqa: E402
 from test_llm_sources import _bytelevel_gguf_vocab, _permute, bytelevel_tokenizer  # noqa: E402
 
 Q = gguf.GGMLQuantizationType
@@ -276,3 +278,36 @@ def test_smollm2_carried_int4_is_within_2_percent_perplexity(tmp_path):
     assert len(ref.sequences) == EVAL_SEQUENCES and len(ref.sequences[0]) == EVAL_LENGTH
     assert stats["perplexity_change"] <= 0.02, stats
     assert stats["top1_agreement"] >= 0.9, stats
+
+
+def test_the_command_line_carries_by_default_and_requantizes_on_request(carried, tmp_path):
+    """`pocketml convert tiny.gguf --to onnx --precision int4 [--gguf-weights requantize]`: the manifest says
+    where the weights came from, as measured on the published graph."""
+    _, _, path = carried
+    got = {}
+    for choice in (None, "requantize"):
+        out = tmp_path / (choice or "default")
+        args = ["convert", str(path), "--to", "onnx", "--precision", "int4", "-o", str(out)]
+        r = run_cli(*args, *(["--gguf-weights", choice] if choice else []))
+        assert r.exit_code == 0, r.output
+        q = json.loads((out / "onnx-int4" / "manifest.json").read_text())["quantization"]
+        got[choice] = q
+        assert q["weights_from"] == ("gguf" if choice is None else "requantize")
+    assert "Q4_1" in got[None]["summary"] and "not re-quantized" in got[None]["summary"]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--to", "onnx,tflite", "--precision", "int4", "--gguf-weights", "carry"], "only onnx carries"),
+    (["--to", "onnx", "--precision", "fp16", "--gguf-weights", "carry"], "int4 / int8 artifacts"),
+])
+def test_gguf_weights_usage_errors(carried, tmp_path, args, needle):
+    _, _, path = carried
+    r = run_cli("convert", path, *args, "-o", tmp_path / "o")
+    assert r.exit_code == 2 and needle in r.output, r.output
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_gguf_weights_is_for_language_models(tmp_path):
+    r = run_cli("convert", "efficientnet-lite0", "--to", "onnx", "--precision", "int8", "--gguf-weights", "carry",
+                "-o", tmp_path / "o")
+    assert r.exit_code == 2 and "--gguf-weights applies to language models" in r.output, r.output

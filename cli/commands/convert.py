@@ -36,12 +36,16 @@ from ..common import ALLOW_SYMLINKED_OUTPUT, csv, exits_on_error, fraction
               "models, int4: keep the most sensitive weight groups at int8 until the perplexity increase is within it.")
 @click.option("--int4-block", "int4_block", type=click.Choice(["32", "128"]),
               help="Language models: int4 weights in blocks of 32 (default) or 128.")
+@click.option("--gguf-weights", "gguf_weights", type=click.Choice(["carry", "requantize"]),
+              help="Language models from a GGUF, ONNX int4/int8: carry the file's own Q4_0/Q4_1/Q8_0 blocks "
+              "(the default when every matrix is one) or re-quantize its de-quantized weights.")
 @click.option("--observer", help="Static int8: how activation ranges are set from the calibration data. " + "; ".join(
     f"{f}: {', '.join(formats.get(f).observers)}" for f in formats.with_observers()) + " (first: default).")
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(), help="Output directory.")
 @ALLOW_SYMLINKED_OUTPUT
 def convert(model, to, precisions, calib, task, seq_len, trust_remote_code, no_reuse, recipe_file, prune,
-            drop_layers, distill, quantize, max_drop, int4_block, observer, out_dir, allow_symlinked_output):
+            drop_layers, distill, quantize, max_drop, int4_block, gguf_weights, observer, out_dir,
+            allow_symlinked_output):
     """Convert MODEL into validated artifacts, one directory per format × precision.
 
     \b
@@ -58,6 +62,7 @@ def convert(model, to, precisions, calib, task, seq_len, trust_remote_code, no_r
       pocketml convert efficientnet-lite0 --prune channels=0.3 --distill data=./images --quantize int8 --calib ./images -o out/eff
       pocketml convert minilm-l6 --to onnx --precision int8 --max-drop 0.5% -o out/minilm-mixed
       pocketml convert smollm2-135m --to tflite --precision int4 --max-drop 10% -o out/smollm2-mixed
+      pocketml convert smollm2-135m --to onnx --precision int4 --gguf-weights requantize -o out/smollm2-rtn
     """
     from pocketml.convert import Recipe, run
     from pocketml.convert.compress.recipe import compression_steps, merge_settings
@@ -71,6 +76,8 @@ def convert(model, to, precisions, calib, task, seq_len, trust_remote_code, no_r
         options = {"reuse": not no_reuse, **{k: chosen[k] for k in ("max_drop", "observer") if chosen.get(k) is not None}}
         if int4_block:
             options["int4_block"] = int(int4_block)
+        if gguf_weights:
+            options["gguf_weights"] = gguf_weights
         if allow_symlinked_output:
             options["allow_symlinked_output"] = True     # recorded in every manifest's recipe
         recipe = Recipe(model=model, formats=chosen.get("formats", list(formats.FORMAT_NAMES)),

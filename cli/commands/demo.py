@@ -20,7 +20,7 @@ from ..common import ALLOW_SYMLINKED_OUTPUT, exits_on_error, verbose
 @click.pass_context
 def demo(ctx, out_dir, device, runs, jobs, allow_symlinked_output):
     """Convert the built-in models (EfficientNet-Lite0, MiniLM: ONNX, TFLite, Core ML × fp32, fp16, int8;
-    SmolLM2-135M: ONNX, TFLite, Core ML × int8, int4), profile, report.
+    SmolLM2-135M: ONNX, TFLite × int8, int4; Core ML int4), profile, report.
 
     \b
     Example:

@@ -112,7 +112,7 @@ def export_one(spec, recipe, fmt: str, precision: str, out_dir: Path, work: Path
     if cap.refused:
         raise UnsupportedError(f"{spec.name}: {fmt} {precision} is not available for causal LMs: {cap.refused}")
     name = formats.artifact_name(fmt, precision)
-    options = exporter_options(recipe, precision)
+    options = exporter_options(recipe, precision, fmt)
     mixed = None
     if precision == "int4" and recipe.options.get("max_drop") is not None:
         from .mixed import search
@@ -147,11 +147,19 @@ def export_one(spec, recipe, fmt: str, precision: str, out_dir: Path, work: Path
     return Outcome(name, path, manifest, seconds=time.perf_counter() - t0)
 
 
-def exporter_options(recipe, precision: str) -> dict:
+# --gguf-weights → the ONNX exporter's `weights_from` (convert/llm/onnx_export.gguf_weights); the only format
+# that carries a GGUF's own blocks (TFLite and Core ML int4 re-quantize: symmetric blocks, no offsets)
+GGUF_WEIGHTS = {"carry": "gguf", "requantize": "requantize"}
+CARRIES_GGUF = ("onnx",)
+
+
+def exporter_options(recipe, precision: str, fmt: str = "onnx") -> dict:
     """What the recipe asks of a language-model exporter, as its keyword arguments."""
     options = {}
     if precision == "int4":
         options["block_size"] = int(recipe.options.get("int4_block", 32))
+    if (choice := recipe.options.get("gguf_weights")) and fmt in CARRIES_GGUF and precision in ("int4", "int8"):
+        options["weights_from"] = GGUF_WEIGHTS[choice]
     return options
 
 
