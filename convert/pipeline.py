@@ -81,7 +81,7 @@ class Recipe:
     def check_gguf_weights(self) -> None:
         """--gguf-weights carry|requantize: where an int4 / int8 ONNX decoder's weights come from when the
         source is a GGUF (default: carried when every matrix is a carried block type)."""
-        from .llm.pipeline import CARRIES_GGUF, GGUF_WEIGHTS
+        from .llm.pipeline import GGUF_WEIGHTS, carries_gguf
         choice = self.options.get("gguf_weights")
         if choice is None:
             return
@@ -89,8 +89,8 @@ class Recipe:
             raise UsageError(f"--gguf-weights {choice}: choose from {', '.join(GGUF_WEIGHTS)}")
         if not {"int4", "int8"} & set(self.precisions):
             raise UsageError("--gguf-weights chooses the weights of int4 / int8 artifacts: add --precision int4 or int8")
-        if choice == "carry" and (other := [f for f in self.formats if f not in CARRIES_GGUF]):
-            raise UsageError(f"--gguf-weights carry: only {', '.join(CARRIES_GGUF)} carries a GGUF's own blocks; "
+        if choice == "carry" and (other := [f for f in self.formats if f not in carries_gguf()]):
+            raise UsageError(f"--gguf-weights carry: only {', '.join(carries_gguf())} carries a GGUF's own blocks; "
                              f"{', '.join(other)} re-quantize (convert them in a separate command without it)")
 
     def check_max_drop(self) -> None:
@@ -275,7 +275,7 @@ def validate_artifact(tmp: Path, manifest: Manifest, spec, refs, data, precision
                 "reference": "torch fp32 (eager)", "data": data.source, "samples": len(data)}
     session = fmt.session()(tmp, manifest, threads=DEFAULT_THREADS)
     report = validate.validate(session, spec, refs, data, precision)
-    if (why := validate.saturating_host(manifest.format, manifest.quantization)) is not None:
+    if (why := validate.saturating_host(fmt, manifest.quantization)) is not None:
         exact = fmt.session()(tmp, manifest, threads=DEFAULT_THREADS, fuse_quantized=False)
         report["without_host_int8_kernels"] = {**validate.validate(exact, spec, refs, data, precision)["stats"],
                                                "why": why}

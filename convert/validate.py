@@ -51,17 +51,15 @@ def validate(session, spec, references, dataset, precision: str) -> dict:
 # products in int16 with saturation (vpmaddubsw), so a static-int8 QDQ graph computes less exactly on this host
 # than on an ARM phone or a VNNI x86 (exact int32 sums). EfficientNet-Lite0 static int8 on an AVX2-only EPYC:
 # top-1 agreement 0.871 with the host's kernels, 0.971 with the same file run without graph fusion.
-VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+# Which formats' runtimes do this is registry data (FormatEntry.int8_saturates_without_vnni).
 
 
-def saturating_host(fmt: str, quantization: dict | None) -> str | None:
-    """Why this host's ONNX int8 kernels under-report a static-int8 artifact, or None."""
-    import platform
-
-    from pocketml.profiler.host import cpu_id
-    if fmt != "onnx" or "static int8" not in str((quantization or {}).get("method", "")):
+def saturating_host(entry, quantization: dict | None) -> str | None:
+    """Why this host's int8 kernels under-report `entry`'s static-int8 artifact, or None."""
+    from pocketml.runtime.cpu import int8_pairs_saturate
+    if not entry.int8_saturates_without_vnni or "static int8" not in str((quantization or {}).get("method", "")):
         return None
-    if platform.machine().lower() not in ("x86_64", "amd64") or set(cpu_id()["simd"]) & set(VNNI_FLAGS):
+    if not int8_pairs_saturate():
         return None
     return ("this x86 host has no VNNI: onnxruntime's uint8×int8 kernels saturate int16 pair sums (AVX2 "
             "vpmaddubsw); stats above are this host's, these are the same file with QDQ run unfused (the "

@@ -5,6 +5,8 @@ import os
 import platform
 from functools import lru_cache
 
+from pocketml.runtime.cpu import SIMD_FLAGS, cpu_id  # noqa: F401  (re-exported: host facts in one place)
+
 
 @lru_cache(maxsize=1)
 def cpu_model() -> str:
@@ -16,29 +18,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-# the SIMD extensions int8 / int4 kernels dispatch on (XNNPACK, MLAS, ggml): the same "AMD EPYC" measured
-# TFLite int4 decode 2.5x apart on two hosts of this project, one of them AVX2-only (docs/PERFORMANCE.md)
-SIMD_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm", "sve", "sme")
-
-
-@lru_cache(maxsize=1)
-def cpu_id() -> dict:
-    """CPU family / model / stepping and the SIMD_FLAGS present, from /proc/cpuinfo (empty off Linux)."""
-    fields, flags = {}, set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                key = key.strip().lower()
-                if key in ("cpu family", "model", "stepping", "cpu implementer", "cpu part") and key not in fields:
-                    fields[key] = value.strip()
-                elif key in ("flags", "features") and not flags:
-                    flags = set(value.split())
-    except OSError:
-        pass
-    return {**fields, "simd": [f for f in SIMD_FLAGS if f in flags]}
 
 
 def cpu_line() -> str:

@@ -117,6 +117,9 @@ class Format:
     lm_runtime: str | None = None           # dotted path: artifact dir -> runtime.lm.LanguageModel (torch-free)
     lm_structure_check: str | None = None   # dotted path: (artifact dir, declared IO, precision) -> validation, for
                                             # an LM where it cannot run (host_support): what is checked instead
+    lm_carries_gguf: bool = False           # its LM exporter can carry a GGUF's own blocks (`--gguf-weights carry`)
+    int8_saturates_without_vnni: bool = False   # its CPU runtime's uint8×int8 kernels saturate on x86 without
+                                            # VNNI: static int8 is also validated unfused there (convert/validate.py)
 
     def host_support(self, platform: str | None = None) -> str | None:
         """None when artifacts of this format run on this host, else the reason they cannot."""
@@ -180,6 +183,7 @@ ONNX = Format(
     exporter="pocketml.convert.exporters.onnx", convert_extras=("onnx", "onnxscript", "onnxruntime"),
     runtime_module="onnxruntime", fp32_reference=True, mixed_precision=True,
     lm_exporter="pocketml.convert.llm.onnx_export:export_spec", lm_runtime="pocketml.runtime.lm.onnx_lm:load_dir",
+    lm_carries_gguf=True, int8_saturates_without_vnni=True,
     capabilities={
         "fp32": {"lm-decoder": Capability("none (decoder with the KV cache as inputs/outputs)"), ANY: NONE},
         "fp16": {"lm-decoder": Capability("fp16 weights, activations and KV cache (IO logits float32)",

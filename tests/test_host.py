@@ -26,14 +26,19 @@ def test_cpu_id_names_the_simd_extensions_present_on_this_cpu():
     assert host.info()["cpu_id"] == ident
 
 
-def test_saturating_host_is_named_only_for_onnx_static_int8_on_x86_without_vnni():
-    from pocketml.convert.validate import VNNI_FLAGS, saturating_host
+def test_saturating_host_is_named_only_for_static_int8_of_a_saturating_runtime_on_x86_without_vnni():
+    from pocketml.convert.validate import saturating_host
+    from pocketml.runtime import cpu, formats
     static = {"method": "static int8, per-channel weights, QDQ, calibrated"}
-    assert saturating_host("tflite", static) is None
-    assert saturating_host("onnx", {"method": "dynamic int8, per-channel weights"}) is None
-    assert saturating_host("onnx", None) is None
-    expected = platform.machine().lower() in ("x86_64", "amd64") and not set(host.cpu_id()["simd"]) & set(VNNI_FLAGS)
-    why = saturating_host("onnx", static)
-    assert (why is not None) == expected
-    if why:
-        assert "no VNNI" in why
+    saturating = [f for f in formats.FORMAT_NAMES if formats.get(f).int8_saturates_without_vnni]
+    assert saturating == ["onnx"]
+    for name in formats.FORMAT_NAMES:
+        entry = formats.get(name)
+        assert saturating_host(entry, {"method": "dynamic int8, per-channel weights"}) is None
+        assert saturating_host(entry, None) is None
+        why = saturating_host(entry, static)
+        assert (why is not None) == (name in saturating and cpu.int8_pairs_saturate())
+        if why:
+            assert "no VNNI" in why
+    expected = platform.machine().lower() in ("x86_64", "amd64") and not set(host.cpu_id()["simd"]) & set(cpu.VNNI_FLAGS)
+    assert cpu.int8_pairs_saturate() == expected

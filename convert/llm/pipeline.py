@@ -147,18 +147,22 @@ def export_one(spec, recipe, fmt: str, precision: str, out_dir: Path, work: Path
     return Outcome(name, path, manifest, seconds=time.perf_counter() - t0)
 
 
-# --gguf-weights → the ONNX exporter's `weights_from` (convert/llm/onnx_export.gguf_weights); the only format
-# that carries a GGUF's own blocks (TFLite and Core ML int4 re-quantize: symmetric blocks, no offsets)
+# --gguf-weights → the LM exporter's `weights_from` (convert/llm/onnx_export.gguf_weights), for formats whose
+# registry entry says `lm_carries_gguf` (ONNX; TFLite and Core ML int4 re-quantize: symmetric blocks, no offsets)
 GGUF_WEIGHTS = {"carry": "gguf", "requantize": "requantize"}
-CARRIES_GGUF = ("onnx",)
 
 
-def exporter_options(recipe, precision: str, fmt: str = "onnx") -> dict:
+def carries_gguf() -> list[str]:
+    return [f for f in formats.FORMAT_NAMES if formats.get(f).lm_carries_gguf]
+
+
+def exporter_options(recipe, precision: str, fmt: str) -> dict:
     """What the recipe asks of a language-model exporter, as its keyword arguments."""
     options = {}
     if precision == "int4":
         options["block_size"] = int(recipe.options.get("int4_block", 32))
-    if (choice := recipe.options.get("gguf_weights")) and fmt in CARRIES_GGUF and precision in ("int4", "int8"):
+    if (choice := recipe.options.get("gguf_weights")) and formats.get(fmt).lm_carries_gguf \
+            and precision in ("int4", "int8"):
         options["weights_from"] = GGUF_WEIGHTS[choice]
     return options
 
